@@ -1,0 +1,345 @@
+"""The task registry: names, static metadata, option parsing and lazy builders.
+
+A task is added by one ``register_task(TaskEntry(...))`` call; the harness, the CLI and the
+report only use ``get_task`` / ``list_tasks``. Entries name their builder as a
+``"module:function"`` string that is imported on first use, so listing tasks never imports
+heavy modules or generates data.
+
+Builder contract: ``builder(*, seed, data_dir, download, **options) -> TaskData`` where
+``options`` are the task's own options (defaults already filled in when the entry declares them).
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .base import KINDS, SOURCES, DataError, TaskData
+
+__all__ = [
+    "TaskEntry",
+    "register_task",
+    "get_task",
+    "list_tasks",
+    "task_names",
+    "parse_task_spec",
+    "parse_value",
+    "FILE_PREFIX",
+    "FILE_ENTRY",
+    "get_entry",
+]
+
+FILE_PREFIX = "file:"
+
+# Options every generated task accepts the same way, described once for error messages.
+COMMON_OPTION_HELP = {
+    "val_fraction": "fraction of the training part held out for validation (seeded by --seed)",
+    "data_seed": "seed of the data generator (fixed by default so every run sees the same data)",
+    "n_train": "number of training samples generated/used, validation included",
+    "n_test": "number of test samples",
+}
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One registered task.
+
+    ``input_shape`` and ``classes`` are the values for the default options (what ``tsp tasks``
+    shows); options such as ``delay`` may change them. ``options`` maps each option to its
+    default; ``None`` means the builder validates its own options (used for builders written
+    elsewhere whose option set the registry does not mirror).
+    """
+
+    name: str
+    kind: str
+    builder: str | Callable[..., TaskData]  # "module:function" or a callable
+    input_shape: tuple
+    classes: int
+    source: str
+    description: str
+    options: dict[str, Any] | None = field(default_factory=dict)
+    label_kind: str = "sequence"
+
+    def resolve(self) -> Callable[..., TaskData]:
+        if callable(self.builder):
+            return self.builder
+        module, _, attr = self.builder.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise DataError(
+                f"task {self.name!r}: cannot load its builder {self.builder!r} ({exc})"
+            ) from exc
+        return fn
+
+    def as_dict(self) -> dict:
+        """The ``tsp tasks --json`` schema (DESIGN.md, "Names")."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "input_shape": list(self.input_shape),
+            "classes": self.classes,
+            "source": self.source,
+            "description": self.description,
+        }
+
+
+_REGISTRY: dict[str, TaskEntry] = {}
+
+
+def register_task(entry: TaskEntry, *, replace: bool = False) -> TaskEntry:
+    if entry.kind not in KINDS:
+        raise ValueError(f"task {entry.name!r}: kind must be one of {KINDS}")
+    if entry.source not in SOURCES:
+        raise ValueError(f"task {entry.name!r}: source must be one of {SOURCES}")
+    if ":" in entry.name or "," in entry.name or not entry.name:
+        raise ValueError(f"task name {entry.name!r} may not be empty or contain ':' or ','")
+    if entry.name in _REGISTRY and not replace:
+        raise ValueError(f"task {entry.name!r} is already registered")
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def task_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def list_tasks() -> list[dict]:
+    """Static metadata of every registered task; nothing is generated or loaded."""
+    return [e.as_dict() for e in _REGISTRY.values()]
+
+
+# --------------------------------------------------------------------------------------------
+# Spec parsing
+
+
+def parse_value(text: str):
+    """``'60'`` -> 60, ``'0.5'``/``'1e-3'`` -> float, ``'true'``/``'false'`` -> bool,
+    ``'none'`` -> None, anything else stays a string."""
+    low = text.strip().lower()
+    if low in ("true", "yes", "on"):
+        return True
+    if low in ("false", "no", "off"):
+        return False
+    if low in ("none", "null"):
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_task_spec(spec: str) -> tuple[str, dict]:
+    """Split ``name`` / ``name:key=value,key=value`` / ``file:PATH.npz`` into ``(name, options)``.
+
+    For ``file:`` everything after the prefix is the path, verbatim (paths may contain ':' or
+    ','); it comes back as ``('file', {'path': PATH})``.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise DataError(f"empty task spec {spec!r}; valid tasks: {_valid_names_text()}")
+    spec = spec.strip()
+    if spec.startswith(FILE_PREFIX):
+        path = spec[len(FILE_PREFIX):]
+        if not path:
+            raise DataError("task spec 'file:' needs a path, e.g. file:data/my_task.npz")
+        return "file", {"path": path}
+    name, sep, rest = spec.partition(":")
+    options: dict = {}
+    if sep and rest.strip():
+        for item in rest.split(","):
+            if not item.strip():
+                continue
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if not eq or not key:
+                raise DataError(
+                    f"task spec {spec!r}: option {item!r} is not key=value "
+                    f"(write e.g. {name}:delay=60,n_train=2000)"
+                )
+            if key in options:
+                raise DataError(f"task spec {spec!r}: option {key!r} given twice")
+            options[key] = parse_value(value.strip())
+    return name.strip(), options
+
+
+def _valid_names_text() -> str:
+    return ", ".join(_REGISTRY) + f", or {FILE_PREFIX}PATH.npz"
+
+
+def _entry(name: str) -> TaskEntry:
+    if name == "file":
+        return FILE_ENTRY
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DataError(f"unknown task {name!r}{hint}; valid tasks: {_valid_names_text()}")
+    return _REGISTRY[name]
+
+
+def get_entry(name: str) -> TaskEntry:
+    """The registry entry of a task name (``'file'`` for ``file:PATH``); DataError if unknown."""
+    return _entry(name)
+
+
+def _check_options(entry: TaskEntry, given: dict) -> dict:
+    """Fill defaults, refuse unknown keys and values of the wrong type."""
+    if entry.options is None:  # the builder validates its own options
+        return dict(given)
+    unknown = sorted(set(given) - set(entry.options))
+    if unknown:
+        listed = ", ".join(f"{k} (default {v!r})" for k, v in entry.options.items()) or "none"
+        raise DataError(
+            f"task {entry.name!r} has no option {', '.join(map(repr, unknown))}; "
+            f"its options are: {listed}"
+        )
+    out = dict(entry.options)
+    for key, value in given.items():
+        default = entry.options[key]
+        out[key] = _coerce(entry.name, key, value, default)
+    return out
+
+
+def _coerce(task: str, key: str, value, default):
+    bad = DataError(
+        f"task {task!r}: option {key}={value!r} should be a {type(default).__name__} "
+        f"(default {default!r})"
+    )
+    if default is None:  # no declared type
+        return value
+    if value is None:
+        raise bad
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if isinstance(default, int):
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if isinstance(default, str):
+        return str(value)
+    return value
+
+
+def get_task(spec: str, *, data_dir=None, download: bool = False, seed: int = 0, **overrides):
+    """Build a task from its spec, e.g. ``get_task('cue_recall:delay=60', seed=1)``.
+
+    ``overrides`` are task options given as keyword arguments; they win over options in the
+    spec. ``seed`` is the run seed: it controls the validation split (and nothing of the test
+    split); data generation has its own ``data_seed`` option where the task is generated.
+    """
+    name, options = parse_task_spec(spec)
+    options.update(overrides)
+    entry = _entry(name)
+    options = _check_options(entry, options)
+    builder = entry.resolve()
+    data = builder(seed=int(seed), data_dir=data_dir, download=bool(download), **options)
+    if not isinstance(data, TaskData):
+        raise DataError(f"task {name!r}: builder returned {type(data).__name__}, not TaskData")
+    return data.check()
+
+
+# --------------------------------------------------------------------------------------------
+# Built-in tasks. Option dicts are the single source of truth for option names and defaults
+# (tests check that each builder's signature agrees); input_shape/classes are for the defaults.
+
+_SYNTH_SIZES = dict(n_train=2000, n_test=500)
+
+_BUILTIN = [
+    TaskEntry(
+        "mnist1d", "sequence", "tasks.mnist1d_task:build_mnist1d", (40, 1), 10, "offline",
+        "MNIST-1D (standard 4000/1000 split, generated offline): 40 steps x 1 feature",
+        dict(data_seed=42, val_fraction=0.1),
+    ),
+    TaskEntry(
+        "cue_recall", "sequence", "tasks.synthetic:build_cue_recall", (22, 6), 4, "offline",
+        "delayed cue recall: a one-hot cue at step 0, `delay` noisy steps, recall at the end; "
+        "label = cue",
+        dict(delay=20, classes=4, **_SYNTH_SIZES, noise=0.1, distractors=0.0, data_seed=0,
+             val_fraction=0.1),
+    ),
+    TaskEntry(
+        "cue_recall_steps", "sequence", "tasks.synthetic:build_cue_recall_steps", (28, 6), 4,
+        "offline",
+        "delayed cue recall with per-step labels: `episodes` x (cue, delay, recall window); "
+        "label = current cue on recall steps, -1 elsewhere",
+        dict(delay=10, classes=4, episodes=2, recall_len=3, **_SYNTH_SIZES, noise=0.1,
+             distractors=0.0, data_seed=0, val_fraction=0.1),
+        label_kind="step",
+    ),
+    TaskEntry(
+        "pulse_count", "sequence", "tasks.synthetic:build_pulse_count", (30, 2), 6, "offline",
+        "count the pulses on channel 0 over the whole sequence, ignoring channel 1",
+        dict(length=30, classes=6, **_SYNTH_SIZES, noise=0.1, data_seed=0, val_fraction=0.1),
+    ),
+    TaskEntry(
+        "video_digits", "video", "tasks.video:build_video_digits", (20, 1, 32, 32), 10,
+        "offline",
+        "two moving handwritten digits per clip, both on screen at the end; label = the "
+        "digit that appeared first",
+        dict(frames=20, size=32, n_train=2000, n_test=500, noise=0.05, data_seed=0,
+             val_fraction=0.1),
+    ),
+    TaskEntry(
+        "smnist", "sequence", "tasks.mnist:build_smnist", (784, 1), 10, "download",
+        "sequential MNIST, pixel by pixel (pixels_per_step=28: row by row); needs the MNIST "
+        "files (--download)",
+        dict(pixels_per_step=1, normalize=True, n_train=0, n_test=0, val_fraction=0.1),
+    ),
+    TaskEntry(
+        "psmnist", "sequence", "tasks.mnist:build_psmnist", (784, 1), 10, "download",
+        "permuted sequential MNIST (one fixed pixel permutation); needs the MNIST files",
+        dict(pixels_per_step=1, normalize=True, n_train=0, n_test=0, val_fraction=0.1,
+             perm_seed=0),
+    ),
+    TaskEntry(
+        "moving_mnist_cls", "video", "tasks.mnist:build_moving_mnist_cls", (20, 1, 32, 32), 10,
+        "download",
+        "one moving MNIST digit, on screen for a few frames at a random time; label = digit; "
+        "needs the MNIST files",
+        dict(frames=20, size=32, digit_size=20, visible=5, noise=0.05, n_train=4000,
+             n_test=1000, data_seed=0, val_fraction=0.1),
+    ),
+    # Built in tasks/audio.py (its own owner). options=None: that builder checks its own options.
+    # The metadata mirrors tasks.audio.AUDIO_TASK_INFO without importing it (a test keeps the
+    # two in step).
+    TaskEntry(
+        "audio_keywords", "audio", "tasks.audio:build_audio_keywords", (51, 40), 10, "offline",
+        "procedural keywords: synthetic 16 kHz speech-like waveforms, each class an ordered "
+        "sequence of 3 sound units; 40 log-mel bands",
+        None,
+    ),
+    TaskEntry(
+        "speech_commands", "audio", "tasks.audio:build_speech_commands", (63, 40), 35,
+        "download",
+        "Google Speech Commands v2 (35 words, official splits), 1 s clips, 40 log-mel bands; "
+        "needs the dataset (--download)",
+        None,
+    ),
+    TaskEntry(
+        "shd", "audio", "tasks.audio:build_shd", (100, 700), 20, "download",
+        "Spiking Heidelberg Digits: 700-channel spike trains binned into 10 ms frames (1 s), "
+        "20 spoken digits; needs the dataset (--download)",
+        None,
+    ),
+]
+for _e in _BUILTIN:
+    register_task(_e)
+
+# ``file:PATH.npz`` is not a named task (it has no fixed shape), so it is not in list_tasks().
+FILE_ENTRY = TaskEntry(
+    "file", "sequence", "tasks.npz:build_file", (), 0, "user",
+    "a user's own arrays: file:PATH.npz with x [N,T,F...], y [N] or [N,T]",
+    dict(path="", val_fraction=0.1, test_fraction=0.2),
+)

@@ -1,0 +1,168 @@
+"""``tsp``: the command line, generated from the config dataclasses.
+
+    tsp train --task mnist1d --model gru --method bptt --hidden 128 --layers 2 --epochs 20 --out runs/x
+    tsp tasks [--json]
+
+Every field of ``TrainConfig`` is a flag; every field of every method's ``Options`` is a flag too,
+accepted only with a method that has it. Bad input exits with code 2 and a message, never a
+traceback; a diverged run exits with code 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import sys
+import textwrap
+import typing
+
+from .errors import ConfigError, NonFiniteLossError
+from .harness import TrainConfig, run_training
+from .registry import METHOD_NAMES, learner_class
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+
+def field_docs(cls) -> dict[str, str]:
+    """The one-line docstring written under each dataclass field."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def _flag_type(annotation):
+    """argparse type for a dataclass field annotation (str | None → str, etc.)."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing), {})  # noqa: S307 - our own annotations
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if args else annotation
+    return base if base in (int, float, str, bool) else None
+
+
+def _add_dataclass_flags(parser, cls, *, skip=(), defaults=True, help_prefix=None) -> list[str]:
+    """One flag per field of ``cls`` (``--snake-case``), its help the field's docstring."""
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    added = []
+    for f in dataclasses.fields(cls):
+        kind = _flag_type(hints[f.name])
+        if f.name in skip or kind is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if defaults and f.default is not dataclasses.MISSING else None
+        help_text = (help_prefix(f.name) if help_prefix else "") + docs.get(f.name, "")
+        if f.default is not dataclasses.MISSING and f.default is not None:
+            help_text += f" (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=default, help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=help_text)
+        added.append(f.name)
+    return added
+
+
+def _method_option_owners() -> dict[str, list[str]]:
+    """option name → methods that have it (imports every registered learner)."""
+    owners: dict[str, list[str]] = {}
+    for method in METHOD_NAMES:
+        for f in dataclasses.fields(learner_class(method).Options):
+            owners.setdefault(f.name, []).append(method)
+    return owners
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tsp", description="Temporal credit assignment: BPTT, forward-mode differentiation "
+                                "and temporal signal propagation on one harness.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train one task/model/method")
+    _add_dataclass_flags(train, TrainConfig, skip=("options", "model_options"), defaults=True)
+    method_group = train.add_argument_group(
+        "method options", "each applies only to the methods named in brackets")
+    owners = _method_option_owners()
+    clash = sorted(set(owners) & {f.name for f in dataclasses.fields(TrainConfig)})
+    if clash:  # a programming error in a learner, caught by every CLI test
+        raise RuntimeError(f"method options {clash} clash with TrainConfig fields; rename them")
+    seen: set[str] = set()
+    for method in METHOD_NAMES:
+        added = _add_dataclass_flags(method_group, learner_class(method).Options, defaults=False,
+                                     skip=seen, help_prefix=lambda n: f"[{', '.join(owners[n])}] ")
+        seen.update(added)
+    train.set_defaults(handler=_cmd_train, _option_names=sorted(seen))
+
+    tasks = sub.add_parser("tasks", help="list the tasks")
+    tasks.add_argument("--json", action="store_true", help="print the list as JSON")
+    tasks.set_defaults(handler=_cmd_tasks)
+
+    for name, target in (("compare", "temporal_sigprop.compare:add_compare_parser"),
+                         ("bench", "temporal_sigprop.bench:add_bench_parser")):
+        module, _, attr = target.partition(":")
+        try:
+            adder = getattr(__import__(module, fromlist=[attr]), attr)
+        except (ImportError, AttributeError):
+            continue  # the command is not built yet
+        adder(sub)
+    return parser
+
+
+def _cmd_train(args) -> int:
+    options = {name: getattr(args, name) for name in args._option_names
+               if getattr(args, name) is not None}
+    valid = {f.name for f in dataclasses.fields(learner_class(args.method).Options)}
+    wrong = sorted(set(options) - valid)
+    if wrong:
+        flags = ", ".join("--" + w.replace("_", "-") for w in wrong)
+        raise ConfigError(f"{flags} does not apply to method {args.method!r}; its options are: "
+                          f"{', '.join(sorted(valid)) or 'none'}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"options", "model_options"}
+    cfg = TrainConfig(**{k: getattr(args, k) for k in fields}, options=options)
+    summary = run_training(cfg)
+    keys = ("task", "model", "method", "val_accuracy", "test_accuracy_at_best_val",
+            "time_per_step_ms", "training_memory_bytes")
+    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    return 0
+
+
+def _cmd_tasks(args) -> int:
+    from tasks import list_tasks
+    rows = list_tasks()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        shape = "×".join(str(s) for s in r["input_shape"])
+        print(f"{r['name']:<{width}}  {r['kind']:<8}  {shape:<14}  {r['classes']:>3} classes  "
+              f"{r['source']:<8}  {r['description']}")
+    return 0
+
+
+def main(argv=None) -> int:
+    from tasks import DataError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, DataError) as err:
+        print(f"tsp: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except NonFiniteLossError as err:
+        print(f"tsp: training stopped: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

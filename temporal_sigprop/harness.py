@@ -1,0 +1,351 @@
+"""The training harness shared by every learner: data, seeding, loop, evaluation, measurement,
+logging and checkpoints. Methods differ only inside ``learner.train_batch``.
+
+Outputs of a run with ``out`` set (DESIGN.md, "Harness, outputs, CLI"):
+    config.json      the TrainConfig
+    metrics.jsonl    one line per evaluation (always written)
+    summary.json     the final figures (keys listed in SUMMARY_KEYS)
+    checkpoint.pt    learner state + loop state after the last good epoch (written atomically)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import ConfigError, NonFiniteLossError
+from .io import append_jsonl, atomic_torch_save, atomic_write_json
+from .learner import LearnerConfig
+from .losses import accuracy_per_step
+from .measure import count_flops, peak_rss_bytes, timer, train_batch_memory
+from .models import make_model
+from .registry import make_learner
+
+SUMMARY_KEYS = (
+    "task", "model", "method", "seed", "epochs", "loss_at", "val_accuracy", "test_accuracy",
+    "test_accuracy_at_best_val", "train_seconds", "time_per_step_ms", "training_memory_bytes",
+    "cuda_peak_bytes", "peak_rss_bytes", "params", "learner_params", "flops_per_step", "device",
+    "threads", "torch_version",
+)
+
+
+@dataclass
+class TrainConfig:
+    task: str = "mnist1d"
+    """Task name (see `tsp tasks`), `name:key=value,...` for task options, or `file:PATH.npz`."""
+    model: str = "gru"
+    """Model: rnn, gru, lstm, lif, discrete, mlp, convgru."""
+    method: str = "bptt"
+    """Learning method: bptt, tbptt, rtrl, snap1, eprop, fwdgrad, sigprop."""
+    hidden: int = 128
+    """Units (or channels, for convgru) per recurrent layer."""
+    layers: int = 2
+    """Number of stacked recurrent layers."""
+    epochs: int = 10
+    """Passes over the training split."""
+    batch_size: int = 100
+    """Sequences per training batch."""
+    lr: float = 1e-3
+    """Learning rate."""
+    seed: int = 0
+    """Seed for everything: data split and order, initialisation, the learner's randomness."""
+    loss_at: str = "last"
+    """Loss placement for every method: 'last' (final step) or 'every' (every step)."""
+    optimizer: str = "adam"
+    """Optimizer: adam (AdamW, foreach) or sgd."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay."""
+    grad_clip: float = 0.0
+    """Clip each update's gradient norm to this value (0 = off)."""
+    device: str = "cpu"
+    """Device: cpu or cuda."""
+    threads: int = 1
+    """Intra-op CPU threads (1 measured fastest for small per-step matrices; 0 = torch default)."""
+    data_dir: str | None = None
+    """Folder with real data sets (default: $TSP_DATA_DIR or ~/.cache/temporal_sigprop)."""
+    download: bool = False
+    """Download a missing real data set where its licence allows."""
+    out: str | None = None
+    """Output folder: config.json, metrics.jsonl, summary.json, checkpoint.pt."""
+    wandb: str | None = None
+    """Log to Weights & Biases: 'offline' or 'online' (off by default; imported only when set)."""
+    wandb_project: str = "temporal_sigprop"
+    """wandb project name."""
+    wandb_group: str | None = None
+    """wandb group (e.g. one compare run)."""
+    resume: bool = False
+    """Continue from OUT/checkpoint.pt if it exists."""
+    max_batches: int = 0
+    """Train on at most this many batches per epoch (0 = all): for smoke runs."""
+    eval_batch_size: int = 500
+    """Sequences per evaluation batch."""
+    progress: bool = True
+    """Show progress bars (automatically off when stderr is not a terminal)."""
+    options: dict = field(default_factory=dict)
+    """The method's own options (e.g. {'k': 5} for tbptt); see `tsp train --help`."""
+    model_options: dict = field(default_factory=dict)
+    """Extra keyword arguments for the model's cells (e.g. {'tau_mem': 20.0} for lif)."""
+
+    def learner_config(self) -> LearnerConfig:
+        return LearnerConfig(lr=self.lr, loss_at=self.loss_at, optimizer=self.optimizer,
+                             weight_decay=self.weight_decay, grad_clip=self.grad_clip)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """The one place where randomness is seeded; returns the generator for data order."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def iterate_batches(dataset, batch_size: int, generator: torch.Generator | None = None,
+                    limit: int = 0):
+    """Batches of a TensorDataset by slicing its tensors (shuffled when a generator is given)."""
+    x, y = dataset.tensors
+    n = x.shape[0]
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    count = math.ceil(n / batch_size)
+    if limit:
+        count = min(count, limit)
+    for i in range(count):
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        yield x[idx], y[idx]
+
+
+@torch.no_grad()
+def evaluate(learner, dataset, batch_size: int, device: torch.device) -> dict:
+    """Accuracy at the final step (sequence labels) or over labelled steps (per-step labels),
+    and the anytime curve: accuracy of each step's prediction."""
+    correct_steps = total_steps = None
+    final_correct = final_total = 0
+    per_step_labels = dataset.tensors[1].dim() == 2
+    for x, y in iterate_batches(dataset, batch_size):
+        x, y = x.to(device), y.to(device)
+        logits = learner.predict(x)
+        c, n = accuracy_per_step(logits, y)
+        correct_steps = c if correct_steps is None else correct_steps + c
+        total_steps = n if total_steps is None else total_steps + n
+        if not per_step_labels:
+            final_correct += (logits[:, -1].argmax(-1) == y).sum().item()
+            final_total += y.shape[0]
+    if per_step_labels:
+        final_correct, final_total = correct_steps.sum().item(), total_steps.sum().item()
+    anytime = (correct_steps.double() / total_steps.clamp_min(1)).tolist()
+    return {"accuracy": final_correct / max(final_total, 1), "anytime": anytime}
+
+
+@torch.no_grad()
+def spike_rate(model, x: torch.Tensor) -> float | None:
+    """Mean firing rate of all spiking layers on ``x`` (None for non-spiking models)."""
+    if model.name != "lif":
+        return None
+    state = model.initial_state(x.shape[0], device=x.device, dtype=x.dtype)
+    total, count = 0.0, 0
+    for t in range(x.shape[1]):
+        h = model.frame(x[:, t])
+        new_state = []
+        for cell, s in zip(model.cells, state):
+            h, s = cell(h, s)
+            new_state.append(s)
+            total += h.sum().item()
+            count += h.numel()
+        state = tuple(new_state)
+    return total / max(count, 1)
+
+
+def _environment(device: torch.device, threads: int) -> dict:
+    try:
+        import torchaudio
+        torchaudio_version = torchaudio.__version__
+    except ImportError:  # pragma: no cover - torchaudio is a dependency
+        torchaudio_version = None
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {"device": str(device), "device_name": name or platform.machine(),
+            "threads": threads, "torch_version": torch.__version__,
+            "torchaudio_version": torchaudio_version, "cpu_count": os.cpu_count()}
+
+
+class _WandbLogger:
+    """wandb as a plug-in: imported only when asked, never required."""
+
+    def __init__(self, cfg: TrainConfig):
+        import wandb  # lazy on purpose: wandb is slow to import and off by default
+        self._wandb = wandb
+        self.run = wandb.init(project=cfg.wandb_project, group=cfg.wandb_group, mode=cfg.wandb,
+                              config=dataclasses.asdict(cfg), dir=cfg.out, reinit=True)
+
+    def log(self, record: dict) -> None:
+        self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float))})
+
+    def finish(self, summary: dict) -> None:
+        self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        self.run.finish()
+
+
+def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
+    """Train one (task, model, method, seed) and return the summary dict.
+
+    ``on_epoch_end(epoch, learner, task)``, if given, is called once before training on a fresh
+    start (epoch 0) and after each epoch's evaluation, before its checkpoint (``tsp compare``
+    measures gradient alignment there); it must leave the learner and the RNG as it found them.
+    """
+    from tasks import get_task  # the harness is the only consumer of the tasks package
+
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    if cfg.wandb not in (None, "offline", "online"):
+        raise ConfigError(f"--wandb must be offline or online, got {cfg.wandb!r}")
+    device = torch.device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    data_generator = seed_everything(cfg.seed)
+
+    task = get_task(cfg.task, data_dir=cfg.data_dir, download=cfg.download, seed=cfg.seed)
+    model = make_model(cfg.model, task.input_shape, cfg.hidden, cfg.layers, task.num_classes,
+                       **cfg.model_options).to(device)
+    learner = make_learner(cfg.method, model, cfg.learner_config(), **cfg.options)
+    steps = task.input_shape[0]
+
+    out = Path(cfg.out) if cfg.out else None
+    checkpoint_path = out / "checkpoint.pt" if out else None
+    loop = {"epoch": 0, "global_step": 0, "best_val": -1.0, "best_epoch": -1,
+            "test_at_best_val": None, "timed_seconds": 0.0, "timed_batches": 0,
+            "saved_tensor_peak": None, "learner_state_bytes": None, "flops_per_step": None,
+            "last_val": None, "last_test": None, "anytime": None}
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        if cfg.resume and checkpoint_path.exists():
+            saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
+            learner.load_state_dict(saved["learner"])
+            loop = saved["loop"]
+            data_generator.set_state(saved["data_generator"])
+            torch.set_rng_state(saved["torch_rng"])
+        else:
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+        atomic_write_json(out / "config.json", dataclasses.asdict(cfg))
+    logger = _WandbLogger(cfg) if cfg.wandb else None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    if on_epoch_end is not None and loop["epoch"] == 0:
+        on_epoch_end(0, learner, task)
+    for epoch in range(loop["epoch"] + 1, cfg.epochs + 1):
+        batches = iterate_batches(task.train, cfg.batch_size, data_generator, cfg.max_batches)
+        total = math.ceil(len(task.train) / cfg.batch_size)
+        total = min(total, cfg.max_batches) if cfg.max_batches else total
+        bar = tqdm(batches, total=total, desc=f"{cfg.method} epoch {epoch}/{cfg.epochs}",
+                   disable=None if cfg.progress else True, leave=False)
+        losses = []
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if loop["saved_tensor_peak"] is None:
+                # First batch: measure peak live saved tensors (hooks slow it, so it is not timed).
+                saved, own, stats = train_batch_memory(learner, x, y)
+                loop["saved_tensor_peak"], loop["learner_state_bytes"] = saved, own
+            elif loop["flops_per_step"] is None:
+                flops, stats = count_flops(learner.train_batch, x, y)
+                loop["flops_per_step"] = flops / steps
+            else:
+                with timer(device) as elapsed:
+                    stats = learner.train_batch(x, y)
+                loop["timed_seconds"] += elapsed["seconds"]
+                loop["timed_batches"] += 1
+            loss = float(stats["loss"])
+            loop["global_step"] += 1
+            if not math.isfinite(loss):
+                message = (f"non-finite loss ({loss}) at epoch {epoch}, step {loop['global_step']}"
+                           f" of {cfg.method} on {cfg.task}")
+                if checkpoint_path and checkpoint_path.exists():
+                    message += f"; the last good checkpoint is {checkpoint_path}"
+                if out:
+                    atomic_write_json(out / "summary.json", {
+                        **_summary(cfg, task, model, learner, loop, device, steps),
+                        "status": "diverged", "error": message})
+                raise NonFiniteLossError(message, loop["global_step"])
+            losses.append(loss)
+            bar.set_postfix(loss=f"{loss:.3f}")
+
+        val = evaluate(learner, task.val, cfg.eval_batch_size, device)
+        test = evaluate(learner, task.test, cfg.eval_batch_size, device)
+        loop.update(epoch=epoch, last_val=val["accuracy"], last_test=test["accuracy"],
+                    anytime=test["anytime"])
+        if val["accuracy"] > loop["best_val"]:  # model selection on validation only
+            loop.update(best_val=val["accuracy"], best_epoch=epoch,
+                        test_at_best_val=test["accuracy"])
+        record = {"epoch": epoch, "step": loop["global_step"],
+                  "train_loss": float(np.mean(losses)) if losses else None,
+                  "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
+                  "train_seconds": loop["timed_seconds"], "peak_rss_bytes": peak_rss_bytes(),
+                  **_cuda_memory(device)}
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, learner, task)
+        if out:
+            append_jsonl(out / "metrics.jsonl", record)
+            atomic_torch_save(checkpoint_path, {
+                "learner": learner.state_dict(), "loop": loop,
+                "data_generator": data_generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "config": dataclasses.asdict(cfg)})
+        if logger:
+            logger.log(record)
+
+    summary = _summary(cfg, task, model, learner, loop, device, steps)
+    if out:
+        atomic_write_json(out / "summary.json", summary)
+    if logger:
+        logger.finish(summary)
+    return summary
+
+
+def _cuda_memory(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {}
+    return {"cuda_peak_allocated_bytes": torch.cuda.max_memory_allocated(device),
+            "cuda_peak_reserved_bytes": torch.cuda.max_memory_reserved(device)}
+
+
+def _summary(cfg, task, model, learner, loop, device, steps) -> dict:
+    env = _environment(device, torch.get_num_threads())
+    timed = loop["timed_batches"]
+    per_batch = loop["timed_seconds"] / timed if timed else None
+    saved, own = loop["saved_tensor_peak"], loop["learner_state_bytes"]
+    val_x = task.val.tensors[0][: cfg.eval_batch_size].to(device)
+    return {
+        "task": cfg.task, "model": cfg.model, "method": cfg.method, "seed": cfg.seed,
+        "epochs": loop["epoch"], "loss_at": cfg.loss_at,
+        "val_accuracy": loop["best_val"] if loop["best_epoch"] > 0 else None,
+        "test_accuracy": loop["last_test"],
+        "test_accuracy_at_best_val": loop["test_at_best_val"],
+        "train_seconds": loop["timed_seconds"],
+        "time_per_step_ms": 1000 * per_batch / steps if per_batch is not None else None,
+        "training_memory_bytes": (saved + own) if saved is not None else None,
+        "cuda_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "params": sum(p.numel() for p in model.parameters()),
+        "learner_params": sum(p.numel() for p in learner.own_parameters()),
+        "flops_per_step": loop["flops_per_step"],
+        "device": env["device"], "threads": env["threads"], "torch_version": env["torch_version"],
+        # beyond the required keys
+        "status": "ok", "best_epoch": loop["best_epoch"], "steps": steps,
+        "label_kind": task.label_kind, "kind": task.kind, "num_classes": task.num_classes,
+        "hidden": cfg.hidden, "layers": cfg.layers, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "options": cfg.options, "saved_tensor_peak_bytes": saved, "learner_state_bytes": own,
+        "last_val_accuracy": loop["last_val"], "anytime_test_accuracy": loop["anytime"],
+        "spike_rate": spike_rate(model, val_x),
+        "device_name": env["device_name"], "torchaudio_version": env["torchaudio_version"],
+        "cpu_count": env["cpu_count"],
+    }
+
+
+def load_summary(path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,145 @@
+"""The learner protocol that every method implements, and the shared pieces they all use.
+
+    learner = make_learner("sigprop", model, LearnerConfig(lr=1e-3, loss_at="every"), **options)
+    stats = learner.train_batch(x, y)        # dict: loss, updates, ...
+    logits = learner.predict(x)              # [B, T, C]: a prediction at every step
+    grads = learner.gradient(x, y)           # {name: tensor}: update direction, nothing applied
+    learner.state_dict() / load_state_dict() # model + learner's own parameters + optimizers
+
+Common settings live in ``LearnerConfig``; each method's own settings live in its ``Options``
+dataclass (the CLI turns every field into a flag, so each field needs a one-line docstring).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .losses import LOSS_PLACEMENTS, scored_count, step_targets
+
+
+@dataclass
+class LearnerConfig:
+    lr: float = 1e-3
+    """Learning rate of the optimizer(s)."""
+    loss_at: str = "last"
+    """Loss placement: 'last' (final step) or 'every' (every step; the anytime setting)."""
+    optimizer: str = "adam"
+    """Optimizer: 'adam' or 'sgd' (foreach implementations)."""
+    weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW) or L2 (SGD)."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm of each update to this value; 0 turns clipping off."""
+
+    def __post_init__(self):
+        if self.loss_at not in LOSS_PLACEMENTS:
+            raise ConfigError(f"unknown loss placement {self.loss_at!r}; choose one of: "
+                              f"{', '.join(LOSS_PLACEMENTS)}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: adam, sgd")
+
+
+def make_optimizer(params, cfg: LearnerConfig) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.optimizer == "adam":
+        # AdamW with weight_decay=0 is Adam; foreach: one kernel per op over all tensors.
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+
+
+@dataclass
+class NoOptions:
+    """This method has no options of its own."""
+
+
+class Learner:
+    """Base class. Subclasses set ``name`` and ``Options`` and implement ``train_batch`` and
+    ``gradient``; ``predict`` defaults to running the model with no learning."""
+
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, model: nn.Module, cfg: LearnerConfig | None = None, options=None):
+        self.model = model
+        self.cfg = cfg or LearnerConfig()
+        self.options = options if options is not None else self.Options()
+        #: bytes of learner-owned state (influence, traces, target-path states) at its peak in the
+        #: last train_batch; the harness adds it to the saved-tensor peak.
+        self.state_bytes = 0
+
+    # ------------------------------------------------------------------ protocol
+    def train_batch(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def gradient(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def own_parameters(self) -> list[nn.Parameter]:
+        """Parameters that belong to the learner, not to the model (counted separately)."""
+        return []
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"main": self.optimizer} if hasattr(self, "optimizer") else {}
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "own": [p.detach().clone() for p in self.own_parameters()],
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers().items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        with torch.no_grad():
+            for p, saved in zip(self.own_parameters(), state["own"], strict=True):
+                p.copy_(saved)
+        for k, o in self.optimizers().items():
+            o.load_state_dict(state["optimizers"][k])
+
+    # ------------------------------------------------------------------ helpers
+    def targets(self, y: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-step targets under this learner's loss placement, and their normaliser."""
+        targets = step_targets(y, steps, self.cfg.loss_at)
+        return targets, scored_count(targets)
+
+    def named_model_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def clip(self, params) -> None:
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(params), self.cfg.grad_clip, foreach=True)
+
+
+def build_options(learner_cls: type[Learner], options: dict):
+    """``learner_cls.Options(**options)``, refusing unknown keys with the list of valid ones."""
+    fields = {f.name for f in dataclasses.fields(learner_cls.Options)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        valid = ", ".join(sorted(fields)) or "none"
+        raise ConfigError(f"method {learner_cls.name!r} has no option(s) {', '.join(unknown)}; "
+                          f"its options are: {valid}")
+    return learner_cls.Options(**options)
+
+
+def tensor_bytes(*tensors) -> int:
+    """Bytes held by tensors (nested tuples/lists/NamedTuples allowed; None ignored)."""
+    total = 0
+    for t in tensors:
+        if t is None:
+            continue
+        if isinstance(t, torch.Tensor):
+            total += t.numel() * t.element_size()
+        elif isinstance(t, dict):
+            total += tensor_bytes(*t.values())
+        else:
+            total += tensor_bytes(*t)
+    return total

@@ -1,0 +1,54 @@
+"""The method registry and the method × model compatibility table.
+
+Entries are named lazily ("module:Class" strings resolved on first use), so importing the package
+never imports ``baselines``. A new method is added here, not in the harness or the report.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .errors import ConfigError, IncompatibleError
+from .learner import Learner, LearnerConfig, build_options
+
+METHODS: dict[str, str] = {
+    "bptt": "baselines.bptt:BPTT",
+    "tbptt": "baselines.bptt:TBPTT",
+    "rtrl": "baselines.rtrl:RTRL",
+    "snap1": "baselines.snap1:SnAp1",
+    "eprop": "baselines.eprop:EProp",
+    "fwdgrad": "baselines.fwdgrad:ForwardGradient",
+    "sigprop": "temporal_sigprop.sigprop:SigProp",
+}
+METHOD_NAMES = tuple(METHODS)
+
+_EPROP_CELLS = ("rnn", "lif", "lstm")
+#: (method, model) -> why the pair cannot run. Pairs not listed run (learners may still refuse a
+#: configuration at construction, e.g. RTRL when the influence does not fit in memory).
+INCOMPATIBLE: dict[tuple[str, str], str] = {
+    **{("eprop", m): "e-prop is defined for rnn, lif and lstm cells (Bellec et al. 2020)"
+       for m in ("gru", "discrete", "mlp", "convgru")},
+    ("rtrl", "convgru"): "exact RTRL's influence of a conv-recurrent stack (B·n·p entries) does not "
+                         "fit in memory; use snap1 or fwdgrad",
+}
+
+
+def learner_class(method: str) -> type[Learner]:
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(METHOD_NAMES)}")
+    module, _, attr = METHODS[method].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def incompatibility(method: str, model: str) -> str | None:
+    """Why ``method`` cannot train ``model``, or None if it can."""
+    return INCOMPATIBLE.get((method, model))
+
+
+def make_learner(method: str, model, cfg: LearnerConfig | None = None, **options) -> Learner:
+    """Build a learner by name for ``model``; ``options`` go to the method's ``Options``."""
+    cls = learner_class(method)
+    reason = incompatibility(method, getattr(model, "name", ""))
+    if reason:
+        raise IncompatibleError(f"{method} cannot train {model.name}: {reason}")
+    return cls(model, cfg or LearnerConfig(), build_options(cls, options))

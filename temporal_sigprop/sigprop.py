@@ -1,0 +1,591 @@
+"""Temporal signal propagation: forward-only learning for recurrent, spiking and video networks.
+
+DESIGN.md, "Temporal signal propagation". The target travels forward *with* the input, through the
+same layers and the same recurrent connections, one step at a time; every layer learns from a local
+loss as soon as the forward pass reaches it. No backward pass through time, none across layers.
+
+Step ``t`` of a batch of ``B`` sequences, a stack of ``L`` cells, ``R`` target rows:
+
+    signal      d^1_t = [ W_in x_t + b  ;  P c_t ]                 [B + R, drive]   (rows, not features)
+    layer l     out^l_t, state^l_t, local^l_t = recur_l(d^l_t, sg(state^l_{t−1}))   one batched call
+                d^{l+1}_t = drive_{l+1}(sg(out^l_t))
+    local loss  L^l_t = loss(local^l_t[:B], local^l_t[B:], labels_t) / (#scored rows at t)
+    readout     L^o_t = CE(V · sg(out^L_t[:B]) + v, y_t) / (#scored rows at t)      (scored steps)
+    update      ∇ of Σ_l L^l_t + L^o_t — one backward, one step deep; optimizer step(s) per schedule
+
+``sg`` = stop-gradient (detach). Because every layer's input and previous state are constants, the
+gradient of the summed losses w.r.t. layer l's parameters is the gradient of ``L^l_t`` alone: one
+``backward`` of the sum equals L separate ones and costs less. ``P`` (the projection of the target
+``c_t`` — one-hot per class, ``[C, *drive_shape]``) is trained by the first layer's loss only.
+
+Target rows (``target_rows``):
+- ``class``: ``R = C`` rows, row c carries class c at every step (``c_t = e_c``); the class-embedding
+  CE scores ``h · s_classesᵀ / τ`` — per sequence labels only.
+- ``sample``: ``R = B`` rows, row i carries sample i's label ``y_i`` (or ``y_{i,t}`` for per-step
+  labels: the row follows the sample's label history; a step without a label gets a zero drive);
+  multi-positive batch-similarity CE over the rows that share the current label.
+
+Loss placement (``cfg.loss_at`` and ``local_steps``). Sigprop's local loss is naturally at every
+step: the target is present at every step, and each step's one-step local gradient is all a layer
+ever learns from. So by default (``local_steps="every"``) every layer's local loss is scored at
+every *labelled* step whatever ``loss_at`` says, and ``loss_at`` decides only which steps train the
+readout (``last``: the final step, the prediction the harness scores; ``every``: the anytime
+readout). ``local_steps="placement"`` scores the local losses only where ``loss_at`` scores, e.g.
+only the final step for ``last`` — then a layer can credit earlier steps only through ``traces``.
+
+Temporal traces (``traces=True``): per-layer SnAp-1 eligibility traces, inside the layer only.
+For every differentiable state component ``k`` of layer l (h; h and c for lstm; v for lif — never
+the spike) and every parameter entry ``θ_j`` feeding unit ``i(j)`` (row ``r`` of a ``[G·H, …]``
+matrix feeds unit ``r mod H``; column ``r`` of ``P``):
+
+    e^k_t[n, j] = Σ_m D^{km}_t[n, i(j)] · e^m_{t−1}[n, j]  +  I^k_t[n, j]
+    D^{km}_t[n, i] = ∂state^k_{t,i} / ∂state^m_{t−1,i}         (diagonal of the one-step Jacobian)
+    I^k_t[n, j]   = ∂state^k_{t,i(j)} / ∂θ_j = ∂(Σ_i state^k_{t,i}) / ∂θ_j    (θ_j feeds one unit)
+    g_θ(t)        = Σ_n Σ_i δ_t[n, i] · e^{local}_t[n, j]·[i = i(j)],   δ_t = ∂L^l_t / ∂local^l_t
+
+per row ``n`` (input and target rows alike). ``I`` is a per-row vector–Jacobian product and ``D``
+a per-row forward Jacobian, both by ``torch.func`` on the cell's own ``drive``/``recur`` (vmap over
+rows); the layer's input and the other layers stay constants, so credit still never crosses a
+layer, and memory is O((B + R)·p_l) per layer, flat in T. With a diagonal recurrence the traces are
+exact (tested); otherwise they drop the off-diagonal paths, as SnAp-1 does.
+
+Spiking cells: the spike is never differentiated. ``spike_mode="voltage"`` puts the loss on
+``local = v``; ``"surrogate"`` on ``σ((v − θ)/width)``, a smooth compartment computed beside the
+spike from ``v``, not through it. The upper layers see the (detached) spikes. Discrete cells: the
+loss acts on the pre-activation (the cell's ``local``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import ConfigError
+from .learner import Learner, tensor_bytes
+from .losses import step_targets
+from .models.cells import ElmanCell, GRUCell, LIFCell, LSTMCell
+from . import sigprop_losses as SL
+
+
+@dataclass
+class SigPropOptions:
+    target_rows: str = "auto"
+    """Target rows: 'class' (one per class), 'sample' (one per sample, follows its label) or 'auto' (class for sequence labels, sample for per-step labels)."""
+    loss: str = "ce"
+    """Local loss: 'ce' (class-embedding CE with class rows, multi-positive batch-similarity CE with sample rows), 'l2' or 'cosine' (these two need --detach-target)."""
+    temperature: float = 0.1
+    """Temperature τ of the similarity logits h·sᵀ/τ (and of nearest-row prediction)."""
+    normalize: bool = True
+    """L2-normalise each row of h and s (per row and position; rows never mix) before comparing them."""
+    detach_target: bool = False
+    """Stop the gradient on the target side s of the local loss (required for l2/cosine)."""
+    projection: str = "learned"
+    """Projection P of the target into the first layer's drive: 'learned' (trained by layer 1's loss) or 'fixed' (random)."""
+    projection_scale: float = 1.0
+    """Standard deviation of P's random initialisation."""
+    schedule: str = "every_step"
+    """When layers update: 'every_step', 'every_k' (every --update-k steps) or 'sequence' (once, local gradients summed over the sequence)."""
+    update_k: int = 10
+    """Steps between updates for schedule 'every_k'."""
+    prediction: str = "readout"
+    """Prediction at every step: 'readout' (the learner's linear readout on the top layer) or 'nearest' (most similar class row)."""
+    spike_mode: str = "voltage"
+    """lif only: the local loss acts on the membrane potential ('voltage') or on σ((v−θ)/width) beside the spike ('surrogate')."""
+    surrogate_width: float = 0.5
+    """Width of the surrogate compartment σ((v−θ)/width) (spike_mode 'surrogate')."""
+    local_steps: str = "every"
+    """Steps where local losses are scored: 'every' labelled step (default, whatever --loss-at) or 'placement' (only where --loss-at scores)."""
+    traces: bool = False
+    """Per-layer SnAp-1 eligibility traces of each layer's own parameters: local losses credit earlier steps (O(B·p) per layer)."""
+    single_optimizer: bool = False
+    """One optimizer over all layers instead of one per layer (the same update for Adam; fewer kernel launches)."""
+    fused_optimizer: bool = True
+    """Use the fused Adam/SGD kernels (faster per step than foreach on CPU)."""
+    per_layer_backward: bool = False
+    """Backpropagate each layer's loss as soon as it is computed (memory: one step of one layer) instead of one backward of the summed losses per step (faster)."""
+
+
+Options = SigPropOptions
+
+_CHOICES = {
+    "target_rows": ("auto", "class", "sample"),
+    "loss": ("ce", "l2", "cosine"),
+    "projection": ("learned", "fixed"),
+    "schedule": ("every_step", "every_k", "sequence"),
+    "prediction": ("readout", "nearest"),
+    "spike_mode": ("voltage", "surrogate"),
+    "local_steps": ("every", "placement"),
+}
+
+#: differentiable state components carried by the temporal traces (never a spike or a sign).
+_TRACED_FIELDS = {ElmanCell: ("h",), GRUCell: ("h",), LSTMCell: ("h", "c"), LIFCell: ("v",)}
+
+
+def _detach(state):
+    return type(state)(*(t.detach() for t in state))
+
+
+def _cat_states(a, b):
+    return type(a)(*(torch.cat([x, y]) for x, y in zip(a, b)))
+
+
+class SigProp(Learner):
+    """Temporal signal propagation (see the module docstring for the equations)."""
+
+    name = "sigprop"
+    Options = SigPropOptions
+
+    def __init__(self, model, cfg=None, options=None):
+        super().__init__(model, cfg, options)
+        o = self.options
+        self._check_options()
+        first = model.cells[0]
+        ref = next(model.parameters())
+        self.num_classes = model.num_classes
+        init = torch.randn(self.num_classes, *first.drive_shape, device=ref.device,
+                           dtype=ref.dtype) * o.projection_scale
+        # P: row c is the drive that class c's one-hot produces (a bias-free Linear on one-hots).
+        self.projection = nn.Parameter(init) if o.projection == "learned" else init
+        self.readout = copy.deepcopy(model.readout)  # learner-owned; same kind (pooled for maps)
+        self.readout.reset_parameters()
+        self._groups = {f"layer{l}": [p for p in cell.parameters() if p.requires_grad]
+                        for l, cell in enumerate(model.cells)}
+        if o.projection == "learned":
+            self._groups["layer0"].append(self.projection)
+        self._groups["readout"] = list(self.readout.parameters())
+        if o.single_optimizer:
+            self._optimizers = {"all": self._make_optimizer(
+                [p for g in self._groups.values() for p in g])}
+        else:
+            self._optimizers = {k: self._make_optimizer(g) for k, g in self._groups.items()}
+        self._traces = _Traces(self) if o.traces else None
+        #: number of optimizer-step events (all layers together) since construction
+        self.update_count = 0
+
+    # ------------------------------------------------------------------ configuration
+    def _check_options(self):
+        o, model = self.options, self.model
+        for field, choices in _CHOICES.items():
+            if getattr(o, field) not in choices:
+                raise ConfigError(f"sigprop --{field.replace('_', '-')} must be one of "
+                                  f"{', '.join(choices)}; got {getattr(o, field)!r}")
+        if o.temperature <= 0:
+            raise ConfigError(f"sigprop --temperature must be > 0, got {o.temperature}")
+        if o.update_k < 1:
+            raise ConfigError(f"sigprop --update-k must be ≥ 1, got {o.update_k}")
+        if o.surrogate_width <= 0:
+            raise ConfigError(f"sigprop --surrogate-width must be > 0, got {o.surrogate_width}")
+        if o.loss in ("l2", "cosine") and not o.detach_target:
+            raise ConfigError(
+                f"sigprop loss {o.loss!r} needs --detach-target: with a live target side both "
+                "paths collapse to the same constant and the loss is zero for a useless network")
+        if o.detach_target and o.projection == "learned":
+            raise ConfigError(
+                "sigprop --detach-target with --projection learned: P would receive no gradient "
+                "(it is trained only through the target side); use --projection fixed")
+        if o.spike_mode == "surrogate" and not any(isinstance(c, LIFCell) for c in model.cells):
+            raise ConfigError("sigprop --spike-mode surrogate applies to spiking (lif) cells only")
+        if o.traces:
+            for cell in model.cells:
+                if type(cell) not in _TRACED_FIELDS:
+                    why = ("its state is sign(a), which is never differentiated, so traces equal "
+                           "the one-step local gradient") if cell.__class__.__name__ == "DiscreteCell" \
+                        else "it carries no differentiable per-unit state to trace"
+                    raise ConfigError(f"sigprop --traces is not available for "
+                                      f"{cell.__class__.__name__}: {why}")
+            if o.per_layer_backward:
+                raise ConfigError("sigprop --traces computes its own per-layer gradients; "
+                                  "--per-layer-backward does not apply")
+
+    def _make_optimizer(self, params):
+        cfg = self.cfg
+        kw = {"fused": True} if self.options.fused_optimizer else {"foreach": True}
+        if cfg.optimizer == "adam":
+            return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
+
+    def _rows(self, y: torch.Tensor) -> str:
+        rows = self.options.target_rows
+        if rows == "auto":
+            return "sample" if y.dim() == 2 else "class"
+        if rows == "class" and y.dim() == 2:
+            raise ConfigError(
+                "sigprop --target-rows class needs one label per sequence: with per-step labels "
+                "a class row cannot follow a sample's label history; use --target-rows sample")
+        return rows
+
+    # ------------------------------------------------------------------ protocol
+    def own_parameters(self):
+        own = [self.projection] if isinstance(self.projection, nn.Parameter) else []
+        return own + list(self.readout.parameters())
+
+    def optimizers(self):
+        return self._optimizers
+
+    def state_dict(self):
+        state = super().state_dict()
+        state["projection"] = self.projection.detach().clone()  # also when fixed (random)
+        state["update_count"] = self.update_count
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        with torch.no_grad():
+            self.projection.copy_(state["projection"])
+        self.update_count = state.get("update_count", 0)
+
+    def train_batch(self, x, y):
+        return self._run(x, y, apply=True)
+
+    def gradient(self, x, y):
+        """The summed local gradients (layers, P, readout) over the whole sequence, with the
+        parameters held fixed; nothing applied. Learner parameters are prefixed ``learner.``."""
+        named = dict(self.named_model_parameters())
+        if isinstance(self.projection, nn.Parameter):
+            named["learner.projection"] = self.projection
+        named.update({f"learner.readout.{n}": p for n, p in self.readout.named_parameters()})
+        saved = {n: p.grad for n, p in named.items()}
+        for p in named.values():
+            p.grad = None
+        try:
+            self._run(x, y, apply=False)
+            return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p))
+                    for n, p in named.items()}
+        finally:
+            for n, p in named.items():
+                p.grad = saved[n]
+
+    @torch.no_grad()
+    def predict(self, x):
+        """Logits ``[B, T, C]`` at every step: the readout, or similarity to the class rows
+        (computed with the same weights in the same batched call)."""
+        B, T = x.shape[:2]
+        nearest = self.options.prediction == "nearest"
+        cells = self.model.cells
+        frames = self._frames(x)
+        state = self.model.initial_state(B + (self.num_classes if nearest else 0),
+                                         device=x.device, dtype=x.dtype)
+        state = list(state)
+        logits = []
+        for t in range(T):
+            drive = cells[0].drive(frames[t])
+            if nearest:
+                drive = torch.cat([drive, self.projection.to(drive.dtype)])
+            for l, cell in enumerate(cells):
+                out, state[l], local = cell.recur(drive, state[l])
+                if l + 1 < len(cells):
+                    drive = cells[l + 1].drive(out)
+            if nearest:
+                z = SL.normalise_rows(self._loss_input(local, cells[-1]), self.options.normalize)
+                logits.append(SL.class_scores(z[:B], z[B:], self.options.loss,
+                                              self.options.temperature))
+            else:
+                logits.append(self.readout(out))
+        return torch.stack(logits, 1)
+
+    # ------------------------------------------------------------------ the forward-only loop
+    def _frames(self, x):
+        """Per-step first-layer inputs, time-major and contiguous (hoisted out of the loop)."""
+        if self.model.flatten_input:
+            x = x.flatten(2)
+        return x.transpose(0, 1).contiguous()
+
+    def _loss_input(self, local, cell):
+        if self.options.spike_mode == "surrogate" and isinstance(cell, LIFCell):
+            # The smooth compartment beside the spike: a function of v, not of the spike.
+            return torch.sigmoid((local - cell.threshold) / self.options.surrogate_width)
+        return local
+
+    def _local_loss(self, local, cell, B, rows, labels, target_labels):
+        """Σ over scored input rows of the local loss at one layer and step (see sigprop_losses)."""
+        o = self.options
+        z = SL.normalise_rows(self._loss_input(local, cell), o.normalize)
+        h, s = z[:B], z[B:]
+        if o.detach_target:
+            s = s.detach()
+        if o.loss == "ce":
+            if rows == "class":
+                return SL.class_embedding_ce(h, s, labels, o.temperature)
+            return SL.batch_similarity_ce(h, s, labels, target_labels, o.temperature)
+        matched = s[labels.clamp_min(0)] if rows == "class" else s
+        if o.loss == "l2":
+            return SL.matched_l2(h, matched, labels)
+        return SL.matched_cosine(h, matched, labels)
+
+    def _due(self, t: int, steps: int) -> bool:
+        o = self.options
+        if o.schedule == "every_step":
+            return True
+        if o.schedule == "every_k":
+            return (t + 1) % o.update_k == 0 or t == steps - 1
+        return t == steps - 1
+
+    def _update(self):
+        for name, group in self._groups.items():
+            self.clip(group)
+        for opt in self._optimizers.values():
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        self.update_count += 1
+
+    def _run(self, x, y, apply: bool):
+        o = self.options
+        model, cells = self.model, self.model.cells
+        B, T = x.shape[:2]
+        L = len(cells)
+        y = y.to(x.device)
+        rows = self._rows(y)
+        R = self.num_classes if rows == "class" else B
+        # Everything label-related is prepared once per batch, not per step.
+        local_targets = step_targets(y, T, "every" if o.local_steps == "every" else self.cfg.loss_at)
+        readout_targets = step_targets(y, T, self.cfg.loss_at)
+        row_labels = step_targets(y, T, "every")  # what the sample rows carry at each step
+        local_counts = (local_targets >= 0).sum(0).tolist()
+        readout_counts = (readout_targets >= 0).sum(0).tolist()
+        local_t = local_targets.T.contiguous()
+        readout_t = readout_targets.T.contiguous()
+        row_t = row_labels.T.contiguous()
+        row_mask = (row_t >= 0).unsqueeze(-1).to(x.dtype)
+        row_index = row_t.clamp_min(0)
+        per_step_rows = rows == "sample" and y.dim() == 2
+        class_labels = torch.arange(self.num_classes, device=x.device)
+        frames = self._frames(x)
+        state = list(model.initial_state(B + R, device=x.device, dtype=x.dtype))
+        self.state_bytes = self._state_bytes(state, B, R)
+
+        traces = self._traces
+        if traces is not None:
+            traces.reset(B + R, x.device, x.dtype)
+        readout_sum = torch.zeros((), device=x.device, dtype=x.dtype)
+        local_sum = torch.zeros((), device=x.device, dtype=x.dtype)
+        scored_steps, pending, updates = 0, False, 0
+        for t in range(T):
+            score_local = local_counts[t] > 0
+            score_readout = readout_counts[t] > 0
+            if rows == "class":
+                target_drive, target_labels = self.projection, class_labels
+            else:
+                target_drive = self.projection[row_index[t]]
+                if per_step_rows:  # a step without a label gives its row a zero drive
+                    target_drive = target_drive * row_mask[t].view(-1, *[1] * (target_drive.dim() - 1))
+                target_labels = row_t[t]
+            if traces is not None:
+                traces.step(frames[t], target_drive, state, B, rows, local_t[t], target_labels,
+                            score_local, 1.0 / max(local_counts[t], 1))
+                out, total, pending = traces.top_out, None, pending or score_local
+            else:
+                total = None
+                with torch.set_grad_enabled(score_local or score_readout):
+                    drive = torch.cat([cells[0].drive(frames[t]), target_drive.to(x.dtype)])
+                    for l, cell in enumerate(cells):
+                        out, new_state, local = cell.recur(drive, state[l])
+                        state[l] = _detach(new_state)  # the next step sees a constant
+                        if score_local:
+                            loss_l = self._local_loss(local, cell, B, rows, local_t[t],
+                                                      target_labels) * (1.0 / local_counts[t])
+                            local_sum = local_sum + loss_l.detach()
+                            if o.per_layer_backward:  # frees this layer's graph at once
+                                loss_l.backward()
+                                pending = True
+                            else:
+                                total = loss_l if total is None else total + loss_l
+                        out = out.detach()  # the layer above sees a constant
+                        if l + 1 < L:
+                            drive = cells[l + 1].drive(out)
+            if score_readout:
+                with torch.enable_grad():
+                    logits = self.readout(out[:B])
+                    loss_o = F.cross_entropy(logits, readout_t[t], ignore_index=-1,
+                                             reduction="sum") * (1.0 / readout_counts[t])
+                readout_sum = readout_sum + loss_o.detach()
+                scored_steps += 1
+                total = loss_o if total is None else total + loss_o
+            if total is not None:  # one backward for every layer's loss and the readout's
+                total.backward()
+                pending = True
+            if apply and pending and self._due(t, T):
+                self._update()
+                updates += 1
+                pending = False
+        if traces is not None:
+            local_sum = traces.local_sum
+        return {"loss": readout_sum / max(scored_steps, 1),
+                "local_loss": local_sum / max(sum(c > 0 for c in local_counts), 1) / L,
+                "updates": updates}
+
+    def _state_bytes(self, state, B, R):
+        """Learner-owned state: the target rows' recurrent states and drive (+ traces)."""
+        rows_bytes = sum(tensor_bytes(s) for s in state) * R // (B + R)
+        drive_bytes = R * math.prod(self.model.cells[0].drive_shape) * self.projection.element_size()
+        trace_bytes = self._traces.bytes_for(B + R) if self._traces is not None else 0
+        return rows_bytes + drive_bytes + trace_bytes
+
+
+class _Traces:
+    """Per-layer SnAp-1 eligibility traces (module docstring, "Temporal traces")."""
+
+    def __init__(self, learner: SigProp):
+        self.learner = learner
+        self.cells = learner.model.cells
+        self.fields = [_TRACED_FIELDS[type(c)] for c in self.cells]
+        # the parameters each layer traces, and the axis of each that indexes its drive rows
+        self.params = []
+        for l, cell in enumerate(self.cells):
+            named = {n: p for n, p in cell.named_parameters() if p.requires_grad}
+            axes = {n: 0 for n in named}
+            if l == 0 and isinstance(learner.projection, nn.Parameter):
+                named["__projection"], axes["__projection"] = learner.projection, 1
+            self.params.append((named, axes))
+        self.e = None
+        self.local_sum = None
+        self.top_out = None
+
+    def bytes_for(self, rows: int) -> int:
+        return sum(rows * len(f) * sum(p.numel() * p.element_size() for p in named.values())
+                   for f, (named, _) in zip(self.fields, self.params))
+
+    def reset(self, rows, device, dtype):
+        self.e = [{k: {n: torch.zeros(rows, *p.shape, device=device, dtype=dtype)
+                       for n, p in named.items()} for k in fields}
+                  for fields, (named, _) in zip(self.fields, self.params)]
+        self.local_sum = torch.zeros((), device=device, dtype=dtype)
+
+    @staticmethod
+    def _unit_view(d, shape, axis, hidden):
+        """``d [N, H]`` (per row, per unit) broadcast over a parameter ``[N, *shape]`` whose
+        ``axis`` indexes drive rows (gate-major: drive row r feeds unit r mod H)."""
+        d = d.repeat(1, shape[axis] // hidden)
+        view = [d.shape[0]] + [1] * len(shape)
+        view[1 + axis] = shape[axis]
+        return d.reshape(view)
+
+    def _row_fn(self, l, B, rows_total):
+        """One row's step of layer l as a pure function of (params, input, target drive, state)."""
+        cell, fields = self.cells[l], self.fields[l]
+        state_type = cell.state_type
+
+        def fn(params, inp, target_onehot, is_target, traced, untraced):
+            cell_params = {n: p for n, p in params.items() if n != "__projection"}
+            drive = _functional(cell, cell_params, "drive", inp[None])
+            if "__projection" in params:
+                target_drive = (target_onehot @ params["__projection"].flatten(1))[None]
+                drive = torch.where(is_target, target_drive, drive)
+            values = dict(untraced)
+            values.update(dict(zip(fields, traced)))
+            state = state_type(*(values[f][None] for f in state_type._fields))
+            _, new_state, _ = _functional(cell, cell_params, "recur", drive, state)
+            return tuple(getattr(new_state, f)[0] for f in fields)
+
+        return fn
+
+    def step(self, frame, target_drive, state, B, rows, labels, target_labels, score, inv_count):
+        """Advance every layer one step, update its traces, and put the trace gradients of the
+        local losses into ``.grad`` (the readout's loss is handled by the caller)."""
+        learner, cells = self.learner, self.cells
+        L = len(cells)
+        N = B + target_drive.shape[0]
+        inp = None
+        out = None
+        for l, cell in enumerate(cells):
+            named, axes = self.params[l]
+            fields = self.fields[l]
+            st = state[l]
+            with torch.no_grad():
+                if l == 0:
+                    drive = torch.cat([cell.drive(frame), target_drive.detach().to(frame.dtype)])
+                    inp_rows = torch.cat([frame, frame.new_zeros(N - B, *frame.shape[1:])])
+                    onehot = torch.zeros(N, learner.num_classes, dtype=frame.dtype,
+                                         device=frame.device)
+                    if rows == "class":
+                        onehot[B:] = torch.eye(learner.num_classes, dtype=frame.dtype,
+                                               device=frame.device)
+                    else:
+                        lab = target_labels
+                        onehot[B:] = F.one_hot(lab.clamp_min(0), learner.num_classes).to(frame.dtype) \
+                            * (lab >= 0).unsqueeze(1).to(frame.dtype)
+                    is_target = torch.zeros(N, 1, dtype=torch.bool, device=frame.device)
+                    is_target[B:] = True
+                else:
+                    drive = cell.drive(inp)
+                    inp_rows, onehot, is_target = inp, None, None
+                out, new_state, local = cell.recur(drive, st)
+            traced = tuple(getattr(st, f) for f in fields)
+            untraced = {f: getattr(st, f) for f in st._fields if f not in fields}
+            fn = self._row_fn(l, B, N)
+            params = {n: p.detach() for n, p in named.items()}
+
+            def per_row(inp_r, oh_r, it_r, traced_r, untraced_r):
+                f_params = lambda p: fn(p, inp_r, oh_r, it_r, traced_r, untraced_r)
+                outs, vjp_fn = torch.func.vjp(f_params, params)
+                eye = [tuple(torch.ones_like(o) if i == k else torch.zeros_like(o)
+                             for i, o in enumerate(outs)) for k in range(len(outs))]
+                immediate = [vjp_fn(c)[0] for c in eye]
+                f_state = lambda *tr: fn(params, inp_r, oh_r, it_r, tr, untraced_r)
+                jac = torch.func.jacfwd(f_state, argnums=tuple(range(len(fields))))(*traced_r)
+                diag = [[torch.diagonal(jac[k][m]) for m in range(len(fields))]
+                        for k in range(len(fields))]
+                return immediate, diag
+
+            in_dims = (0, 0 if onehot is not None else None, 0 if is_target is not None else None,
+                       0, 0)
+            with torch.no_grad(), _saved_tensor_hooks_suspended():
+                immediate, diag = torch.func.vmap(per_row, in_dims=in_dims)(
+                    inp_rows, onehot, is_target, traced, untraced)
+                e_prev = self.e[l]
+                hidden = cell.hidden_size
+                new_e = {}
+                for k, fk in enumerate(fields):
+                    new_e[fk] = {}
+                    for n, p in named.items():
+                        acc = immediate[k][n].clone()
+                        for m, fm in enumerate(fields):
+                            acc += self._unit_view(diag[k][m], p.shape, axes[n], hidden) * e_prev[fm][n]
+                        new_e[fk][n] = acc
+                self.e[l] = new_e
+            state[l] = _detach(new_state)
+            if score:
+                field = next(f for f in fields if getattr(new_state, f) is local)
+                leaf = local.detach().requires_grad_()
+                with torch.enable_grad():
+                    loss = learner._local_loss(leaf, cell, B, rows, labels, target_labels) * inv_count
+                    (delta,) = torch.autograd.grad(loss, leaf)
+                self.local_sum = self.local_sum + loss.detach()
+                with torch.no_grad():
+                    for n, p in named.items():
+                        g = (self._unit_view(delta, p.shape, axes[n], hidden)
+                             * self.e[l][field][n]).sum(0)
+                        p.grad = g if p.grad is None else p.grad + g
+            inp = out.detach()
+        self.top_out = out.detach()
+
+
+@contextlib.contextmanager
+def _saved_tensor_hooks_suspended():
+    """Lift any saved-tensor hooks (e.g. the harness's memory meter) while torch.func builds the
+    per-row vector–Jacobian products: torch.func refuses to run under such hooks. What it saves
+    lives only inside one layer-step; the traces it produces are counted in ``state_bytes``."""
+    stack = []
+    while (top := torch._C._autograd._top_saved_tensors_default_hooks(False)) is not None:
+        stack.append(top)
+        torch._C._autograd._pop_saved_tensors_default_hooks()
+    try:
+        yield
+    finally:
+        for pack, unpack in reversed(stack):
+            torch._C._autograd._push_saved_tensors_default_hooks(pack, unpack)
+
+
+def _functional(module, params, method, *args):
+    """Call ``module.<method>(*args)`` with ``params`` substituted (torch.func-compatible)."""
+    from torch.nn.utils.stateless import _reparametrize_module
+    with _reparametrize_module(module, params, strict=False):
+        return getattr(module, method)(*args)
+
+
+__all__ = ["SigProp", "SigPropOptions", "Options"]

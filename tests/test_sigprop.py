@@ -1,0 +1,377 @@
+"""Temporal signal propagation: locality (through autograd), options, memory, learning."""
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from temporal_sigprop import ConfigError, LearnerConfig, make_learner, make_model
+from temporal_sigprop.measure import SavedTensorMeter
+from temporal_sigprop.models import cells as cells_module
+from temporal_sigprop.sigprop import SigProp, SigPropOptions
+
+MODELS = ("rnn", "gru", "lstm", "lif", "discrete", "mlp", "convgru")
+
+
+def _model(name="gru", steps=6, features=5, hidden=12, layers=2, classes=4, dtype=torch.float32):
+    shape = (1, 1, 8, 8) if name == "convgru" else (1 if name == "mlp" else steps, features)
+    if name == "convgru":
+        shape = (steps, 1, 8, 8)
+        hidden = 3
+    return make_model(name, shape, hidden=hidden, layers=layers, num_classes=classes).to(dtype)
+
+
+def _batch(rng, model, batch=8, classes=4, dtype=torch.float32):
+    x = torch.randn(batch, *model.input_shape, generator=rng, dtype=dtype)
+    y = torch.randint(0, classes, (batch,), generator=rng)
+    return x, y
+
+
+def _learner(model, loss_at="every", lr=1e-3, optimizer="adam", **options):
+    return make_learner("sigprop", model, LearnerConfig(lr=lr, loss_at=loss_at, optimizer=optimizer),
+                        **options)
+
+
+# --------------------------------------------------------------------------- locality
+def test_layer_inputs_and_previous_states_enter_as_constants(rng, monkeypatch):
+    model = _model("lstm", layers=3)
+    learner = _learner(model)
+    seen = {"drive": [], "state": []}
+    for l, cell in enumerate(model.cells):
+        drive, recur = cell.drive, cell.recur
+
+        def spy_drive(inp, _drive=drive, _l=l):
+            seen["drive"].append((_l, inp.requires_grad or inp.grad_fn is not None))
+            return _drive(inp)
+
+        def spy_recur(d, state, _recur=recur):
+            seen["state"].append(any(s.requires_grad or s.grad_fn is not None for s in state))
+            return _recur(d, state)
+
+        monkeypatch.setattr(cell, "drive", spy_drive)
+        monkeypatch.setattr(cell, "recur", spy_recur)
+    learner.train_batch(*_batch(rng, model))
+    assert len(seen["state"]) == 3 * 6 and not any(seen["state"])
+    assert {l for l, _ in seen["drive"]} == {0, 1, 2}
+    assert not any(flag for _, flag in seen["drive"])
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_a_layer_loss_reaches_only_that_layers_parameters(layer, rng, monkeypatch):
+    model = _model("gru", layers=3)
+    learner = _learner(model, loss_at="last")
+    original = learner._local_loss
+
+    def only_one_layer(local, cell, *args):
+        loss = original(local, cell, *args)
+        return loss if cell is model.cells[layer] else loss * 0.0
+
+    monkeypatch.setattr(learner, "_local_loss", only_one_layer)
+    grads = learner.gradient(*_batch(rng, model))
+    for name, g in grads.items():
+        if name.startswith("learner.readout"):
+            continue  # trained by its own loss on the detached top layer
+        own = name.startswith(f"cells.{layer}.") or (layer == 0 and name == "learner.projection")
+        assert (g.abs().sum() > 0) == own, name
+
+
+def test_step_t_loss_gives_no_gradient_to_earlier_steps(rng):
+    """Labels only at step t: the input leaf gets gradient at t and exactly none before t."""
+    steps, t = 7, 4
+    model = _model("gru", steps=steps)
+    x, _ = _batch(rng, model)
+    y = torch.full((x.shape[0], steps), -1)
+    y[:, t] = torch.randint(0, 4, (x.shape[0],), generator=rng)
+    learner = _learner(model, target_rows="sample")
+    x_leaf = x.clone().requires_grad_()
+    learner.gradient(x_leaf, y)
+    assert x_leaf.grad[:, t].abs().sum() > 0
+    assert torch.count_nonzero(x_leaf.grad[:, :t]) == 0
+    # positive control: through time (BPTT) the step-t loss does reach step t-1
+    x_leaf = x.clone().requires_grad_()
+    F.cross_entropy(model(x_leaf)[:, t], y[:, t]).backward()
+    assert x_leaf.grad[:, t - 1].abs().sum() > 0
+
+
+def test_labels_never_reach_the_input_path(rng, monkeypatch):
+    model = _model("lstm")
+    learner = _learner(model, loss_at="every")
+    x, y = _batch(rng, model)
+    records = []
+    readout_forward = learner.readout.forward
+    monkeypatch.setattr(learner.readout, "forward",
+                        lambda h: records.append(h.detach().clone()) or readout_forward(h))
+    learner.gradient(x, y)  # parameters held fixed
+    first = torch.stack(records)
+    records.clear()
+    learner.gradient(x, (y + 1 + torch.randint(0, 3, y.shape, generator=rng)) % 4)
+    second = torch.stack(records)
+    assert torch.equal(first, second)
+    # and the input rows computed beside the target rows are those of a plain forward pass
+    records.clear()
+    learner.predict(x)
+    torch.testing.assert_close(torch.stack(records), first, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["voltage", "surrogate"])
+def test_spike_is_never_differentiated(mode, rng, monkeypatch):
+    flows = []
+    spike = cells_module.spike
+
+    def watched_spike(u, slope=5.0):
+        z = spike(u, slope)
+        if z.requires_grad:
+            z.register_hook(lambda g: flows.append(g.abs().sum().item()))
+        return z
+
+    monkeypatch.setattr(cells_module, "spike", watched_spike)
+    model = _model("lif")
+    x, y = _batch(rng, model)
+    x = x * 3  # make the units spike
+    learner = _learner(model, spike_mode=mode)
+    grads = learner.gradient(x, y)
+    learner.train_batch(x, y)
+    assert flows == []
+    assert grads["cells.0.input_weight"].abs().sum() > 0
+    # positive control: BPTT differentiates the spike through its surrogate
+    make_learner("bptt", model, LearnerConfig(loss_at="every")).gradient(x, y)
+    assert flows
+
+
+def test_spike_modes_give_different_updates(rng):
+    model = _model("lif")
+    x, y = _batch(rng, model)
+    g_v = _learner(model, spike_mode="voltage").gradient(x * 3, y)
+    g_s = _learner(model, spike_mode="surrogate").gradient(x * 3, y)
+    assert not torch.allclose(g_v["cells.0.input_weight"], g_s["cells.0.input_weight"])
+
+
+# --------------------------------------------------------------------------- options
+@pytest.mark.parametrize("schedule,k,expected", [("every_step", 1, 12), ("every_k", 5, 3),
+                                                 ("every_k", 4, 3), ("sequence", 1, 1)])
+def test_update_schedule_counts_optimizer_steps(schedule, k, expected, rng, monkeypatch):
+    model = _model("rnn", steps=12)
+    learner = _learner(model, schedule=schedule, update_k=k)
+    calls = {name: 0 for name in learner.optimizers()}
+    for name, opt in learner.optimizers().items():
+        step = opt.step
+
+        def counted(*a, _name=name, _step=step, **kw):
+            calls[_name] += 1
+            return _step(*a, **kw)
+
+        monkeypatch.setattr(opt, "step", counted)
+    stats = learner.train_batch(*_batch(rng, model))
+    assert stats["updates"] == expected
+    assert set(learner.optimizers()) == {"layer0", "layer1", "readout"}
+    assert all(c == expected for c in calls.values()), calls
+
+
+def test_updates_happen_only_at_labelled_steps(rng):
+    model = _model("gru", steps=8)
+    x, _ = _batch(rng, model)
+    y = torch.full((x.shape[0], 8), -1)
+    y[:, [2, 5]] = 1
+    assert _learner(model).train_batch(x, y)["updates"] == 2
+    # local losses at the placement's steps only: loss_at=last scores the final step
+    assert _learner(_model("gru", steps=8), loss_at="last", local_steps="placement").train_batch(
+        x, torch.randint(0, 4, (x.shape[0],), generator=rng))["updates"] == 1
+
+
+def test_sequence_schedule_applies_exactly_the_gradient(rng):
+    model = _model("gru", dtype=torch.float64)
+    x, y = _batch(rng, model, dtype=torch.float64)
+    learner = _learner(model, optimizer="sgd", lr=0.5, schedule="sequence")
+    grads = learner.gradient(x, y)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    p0 = learner.projection.detach().clone()
+    assert all(p.grad is None for p in model.parameters())  # gradient() applied nothing
+    learner.train_batch(x, y)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), before[n] - 0.5 * grads[n])
+    torch.testing.assert_close(learner.projection.detach(), p0 - 0.5 * grads["learner.projection"])
+    assert grads["readout.weight"].abs().sum() == 0  # the model's readout is not sigprop's
+    assert grads["learner.readout.weight"].abs().sum() > 0
+
+
+def test_single_optimizer_equals_per_layer_optimizers(rng):
+    x, y = _batch(rng, _model("gru"))
+    results = []
+    for single in (False, True):
+        torch.manual_seed(0)
+        model = _model("gru")
+        learner = _learner(model, single_optimizer=single)
+        for _ in range(2):
+            learner.train_batch(x, y)
+        results.append([p.detach().clone() for p in [*model.parameters(), *learner.own_parameters()]])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
+def test_per_layer_backward_gives_the_same_gradient(rng):
+    model = _model("lstm", layers=3)
+    x, y = _batch(rng, model)
+    first = _learner(model)
+    second = SigProp(model, LearnerConfig(loss_at="every"), SigPropOptions(per_layer_backward=True))
+    second.load_state_dict(first.state_dict())  # the same P and readout
+    a, b = first.gradient(x, y), second.gradient(x, y)
+    assert a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(a[n], b[n])
+
+
+def test_fixed_projection_is_not_trained_and_is_checkpointed(rng):
+    model = _model("gru")
+    learner = _learner(model, projection="fixed")
+    p0 = learner.projection.clone()
+    learner.train_batch(*_batch(rng, model))
+    assert torch.equal(learner.projection, p0)
+    assert all(p is not learner.projection for p in learner.own_parameters())
+    fresh = _learner(model, projection="fixed")
+    fresh.load_state_dict(learner.state_dict())
+    assert torch.equal(fresh.projection, p0)
+
+
+def test_state_dict_round_trip(rng):
+    model = _model("gru")
+    learner = _learner(model, prediction="nearest")
+    x, y = _batch(rng, model)
+    learner.train_batch(x, y)
+    state = copy.deepcopy(learner.state_dict())  # torch's optimizer state_dict shares tensors
+    assert set(state["optimizers"]) == {"layer0", "layer1", "readout"}
+    other_model = _model("gru")
+    other = _learner(other_model, prediction="nearest")
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.predict(x), learner.predict(x))
+    torch.testing.assert_close(other.train_batch(x, y)["loss"], learner.train_batch(x, y)["loss"])
+
+
+def test_nearest_prediction_uses_the_class_rows(rng):
+    model = _model("gru")
+    learner = _learner(model, prediction="nearest")
+    x, _ = _batch(rng, model)
+    before = learner.predict(x)
+    assert before.shape == (8, 6, 4)
+    with torch.no_grad():
+        learner.projection.mul_(-1)
+    assert not torch.allclose(before, learner.predict(x))
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"loss": "l2"}, "detach-target"),
+    ({"loss": "cosine"}, "detach-target"),
+    ({"loss": "l2", "detach_target": True}, "projection fixed"),
+    ({"spike_mode": "surrogate"}, "lif"),
+    ({"schedule": "sometimes"}, "every_step"),
+    ({"temperature": 0.0}, "temperature"),
+    ({"update_k": 0}, "update-k"),
+])
+def test_invalid_combinations_are_refused(options, match):
+    with pytest.raises(ConfigError, match=match):
+        _learner(_model("gru"), **options)
+
+
+def test_traces_refused_where_there_is_nothing_to_trace():
+    with pytest.raises(ConfigError, match="sign"):
+        _learner(_model("discrete"), traces=True)
+    with pytest.raises(ConfigError, match="traces"):
+        _learner(_model("mlp"), traces=True)
+
+
+def test_per_step_labels_need_sample_rows(rng):
+    model = _model("gru")
+    x, _ = _batch(rng, model)
+    y = torch.randint(-1, 4, (8, 6), generator=rng)
+    with pytest.raises(ConfigError, match="target-rows sample"):
+        _learner(model, target_rows="class").train_batch(x, y)
+    stats = _learner(model).train_batch(x, y)  # auto: sample rows
+    assert math.isfinite(float(stats["loss"])) and stats["updates"] > 0
+
+
+@pytest.mark.parametrize("loss", ["l2", "cosine"])
+@pytest.mark.parametrize("rows", ["class", "sample"])
+def test_detached_target_losses_train(loss, rows, rng):
+    model = _model("gru")
+    learner = _learner(model, loss=loss, detach_target=True, projection="fixed", target_rows=rows)
+    grads = learner.gradient(*_batch(rng, model))
+    assert grads["cells.1.recurrent_weight"].abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- every model, memory
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("rows", ["class", "sample"])
+def test_every_model_trains_one_batch(name, rows, rng):
+    model = _model(name)
+    learner = _learner(model, target_rows=rows)
+    x, y = _batch(rng, model, classes=4)
+    before = [p.detach().clone() for p in model.cells.parameters()]
+    stats = learner.train_batch(x, y)
+    assert math.isfinite(float(stats["loss"])) and math.isfinite(float(stats["local_loss"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.cells.parameters()))
+    assert learner.predict(x).shape == (8, model.input_shape[0], 4)
+    assert learner.state_bytes > 0
+    assert learner.projection.shape == (4, *model.cells[0].drive_shape)
+
+
+@pytest.mark.parametrize("traces", [False, True])
+def test_memory_is_flat_in_sequence_length(traces, rng):
+    peaks, owned = [], []
+    for steps in (10, 40, 160):
+        torch.manual_seed(0)
+        model = _model("gru", steps=steps)
+        learner = _learner(model, traces=traces)
+        x, y = _batch(rng, model)
+        with SavedTensorMeter(exclude=[*model.parameters(), *learner.own_parameters(), x]) as m:
+            learner.train_batch(x, y)
+        peaks.append(m.peak)
+        owned.append(learner.state_bytes)
+    assert peaks[0] > 0 and max(peaks) <= 1.1 * min(peaks), peaks
+    assert owned[0] == owned[1] == owned[2] and owned[0] > 0
+
+
+def test_traces_are_exact_for_a_diagonal_recurrence(rng):
+    """With a diagonal recurrent matrix SnAp-1 drops nothing: the trace gradient equals the
+    gradient of the layer's summed local losses backpropagated through time (its own layer only)."""
+    model = _model("rnn", steps=6, layers=1, hidden=5, dtype=torch.float64)
+    cell = model.cells[0]
+    with torch.no_grad():
+        cell.recurrent_weight.copy_(torch.diag(torch.randn(5, generator=rng, dtype=torch.float64)))
+    x, y = _batch(rng, model, dtype=torch.float64)
+    learner = _learner(model, traces=True)
+    grads = learner.gradient(x, y)
+    # reference: the same losses with the state attached through time
+    P = learner.projection
+    state = cell.initial_state(8 + 4, dtype=torch.float64)
+    total = 0.0
+    for t in range(6):
+        drive = torch.cat([cell.drive(x[:, t]), P])
+        _, state, local = cell.recur(drive, state)
+        total = total + learner._local_loss(local, cell, 8, "class", y, torch.arange(4), ) / 8
+    names = ["cells.0.input_weight", "cells.0.bias", "cells.0.recurrent_weight"]
+    ref = torch.autograd.grad(total, [dict(model.named_parameters())[n] for n in names] + [P])
+    for n, r in zip(names + ["learner.projection"], ref):
+        torch.testing.assert_close(grads[n], r, rtol=1e-9, atol=1e-12)
+    one_step = _learner(model).gradient(x, y)
+    assert not torch.allclose(one_step["cells.0.recurrent_weight"], ref[2])
+
+
+# --------------------------------------------------------------------------- learning
+def _cue_task(rng, n, steps=10, classes=4, noise=0.3):
+    cue = torch.randint(0, classes, (n,), generator=rng)
+    x = noise * torch.randn(n, steps, classes + 1, generator=rng)
+    x[:, 0, :classes] += F.one_hot(cue, classes).float() * 2
+    x[:, -1, classes] = 1.0  # recall flag
+    return x, cue
+
+
+def test_learns_a_cue_recall_task_well_above_chance(rng):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
+    model = make_model("gru", (10, 5), hidden=32, layers=2, num_classes=4)
+    learner = _learner(model, loss_at="last", lr=3e-3)
+    for _ in range(60):
+        learner.train_batch(*_cue_task(rng, 32))
+    x, y = _cue_task(rng, 500)
+    accuracy = (learner.predict(x)[:, -1].argmax(-1) == y).float().mean().item()
+    assert accuracy > 0.8, accuracy  # chance: 0.25
