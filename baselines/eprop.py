@@ -59,6 +59,11 @@ Documented omissions:
 - Adaptive thresholds (ALIF) are not part of the ``lif`` cell, so their second eligibility vector
   is not implemented.
 
+Updates: once per sequence by default (the sum over the sequence with parameters fixed — what
+``gradient()`` always returns); ``update_every = k`` applies the running sum every k steps while
+the traces carry on across updates (online e-prop, as in the paper; no longer the gradient of one
+fixed-parameter sequence loss).
+
 Everything runs under ``torch.no_grad`` step by step: no graph, nothing stored across time. Memory:
 the eligibility vectors, O(B·p) per layer (B·S·(I + H + 1) entries for a layer with S rows that
 carry an implicit variable; none for ``rnn``).
@@ -79,6 +84,8 @@ from temporal_sigprop.errors import ConfigError, IncompatibleError
 from temporal_sigprop.learner import Learner, make_optimizer, tensor_bytes
 from temporal_sigprop.models.cells import ElmanCell, LIFCell, LSTMCell
 
+from .fmd_common import OnlineUpdates
+
 _REFUSAL = "e-prop is defined for rnn, lif and lstm cells (Bellec et al. 2020)"
 FEEDBACK_KINDS = ("symmetric", "random")
 LIF_TRACES = ("exact", "reset", "presynaptic")
@@ -90,6 +97,8 @@ class EPropOptions:
     """Learning-signal feedback: 'symmetric' (B = readout weightᵀ) or 'random' (fixed random B)."""
     lif_trace: str = "exact"
     """LIF eligibility: 'exact' (own reset differentiated), 'reset' (paper: spike as constant), 'presynaptic' (filtered input only)."""
+    update_every: int = 0
+    """Apply the accumulated update every k steps during the sequence (online e-prop); 0 = once per sequence."""
 
 
 class _Local(NamedTuple):
@@ -159,6 +168,8 @@ class EProp(Learner):
         if self.options.feedback not in FEEDBACK_KINDS:
             raise ConfigError(f"unknown --feedback {self.options.feedback!r}; choose one of: "
                               f"{', '.join(FEEDBACK_KINDS)}")
+        if self.options.update_every < 0:
+            raise ConfigError(f"--update-every must be ≥ 0, got {self.options.update_every}")
         if self.options.lif_trace not in LIF_TRACES:
             raise ConfigError(f"unknown --lif-trace {self.options.lif_trace!r}; choose one of: "
                               f"{', '.join(LIF_TRACES)}")
@@ -177,13 +188,15 @@ class EProp(Learner):
 
     # ------------------------------------------------------------------ the forward pass
     @torch.no_grad()
-    def _run(self, x, y):
-        """One pass over the sequence: (loss, {name: update direction}). Parameters fixed."""
+    def _run(self, x, y, acc: OnlineUpdates):
+        """One pass over the sequence, adding Σ_t L_t e_t into ``acc.grads``; returns the loss.
+
+        ``acc`` applies the sum every ``update_every`` steps (online: the traces carry on across
+        updates, as in the paper) or not at all (``gradient()``: parameters fixed)."""
         model = self.model
         batch, steps = x.shape[:2]
         targets, normaliser = self.targets(y, steps)
-        params = self.named_model_parameters()
-        grads = {n: torch.zeros_like(p) for n, p in params.items()}
+        grads = acc.grads
         feedback = (model.readout.weight if self.feedback is None
                     else self.feedback.to(model.readout.weight))
         state = model.initial_state(batch, device=x.device, dtype=x.dtype)
@@ -220,6 +233,7 @@ class EProp(Learner):
                 err = (logp.exp() - onehot) * mask / normaliser
                 grads["readout.weight"] += err.T @ h
                 grads["readout.bias"] += err.sum(0)
+                acc.scored()
 
             # ---- traces (every step) and Σ_t L_t e_t (scored steps), top layer down
             signal = err @ feedback if err is not None else None  # L_t = B (π_t − y*_t): [B, H]
@@ -238,8 +252,8 @@ class EProp(Learner):
                             coeff = signal_rows[:, :rows] * local.readout
                             if eps.dim() == 2:  # shared presynaptic trace
                                 g[:rows] += coeff.T @ eps
-                            else:
-                                g[:rows] += torch.einsum("bs,bsi->si", coeff, eps)
+                            else:  # Σ_b over ε stored [S, B, I]: a batched matmul, no copy
+                                g[:rows] += torch.einsum("sb,sbi->si", coeff.T.contiguous(), eps)
                     if rows < cell.drive_size and signal_rows is not None:
                         g[rows:] += (signal_rows[:, rows:] * local.direct).T @ p
                 # same-step backprop to the layer below: ∂out_t/∂(pre-activation) · W_in
@@ -250,38 +264,43 @@ class EProp(Learner):
                     d_pre = torch.cat(parts, dim=-1)  # [B, R]
                     signal = (signal_rows * d_pre) @ cell.input_weight
             state = tuple(new_state)
+            acc.step_done(t)
 
         self.state_bytes = tensor_bytes([list(tr.values()) for tr in traces])
-        return loss, grads
+        return loss
 
     @staticmethod
     def _update_trace(store: dict, pname: str, local: _Local, p: torch.Tensor, rows: int):
-        """ε_t = decay ⊙ ε_{t−1} + inject ⊙ x̃_t, in place (allocated once per sequence)."""
+        """ε_t = decay ⊙ ε_{t−1} + inject ⊙ x̃_t, in place (allocated once per sequence).
+
+        Per-synapse traces are stored ``[S, B, I]`` (row, sample, presynaptic unit): the weight
+        update Σ_b L·ψ·ε is then a batched matmul over rows without a copy (about 6× faster on
+        CPU than contracting a ``[B, S, I]`` layout). Shared presynaptic traces are ``[B, I]``."""
         shared = not isinstance(local.decay, torch.Tensor)
         eps = store.get(pname)
         if eps is None:
-            shape = (p.shape[0], p.shape[1]) if shared else (p.shape[0], rows, p.shape[1])
+            shape = (p.shape[0], p.shape[1]) if shared else (rows, p.shape[0], p.shape[1])
             eps = store[pname] = p.new_zeros(shape)
         if shared:  # one trace per presynaptic unit: ε = α ε + (1 − α) x̃
             eps.mul_(local.decay).add_(p, alpha=local.inject)
         else:
-            eps.mul_(local.decay.unsqueeze(-1))
+            eps.mul_(local.decay.T.contiguous().unsqueeze(-1))
             if isinstance(local.inject, torch.Tensor):
-                eps.addcmul_(local.inject.unsqueeze(-1), p.unsqueeze(1))
+                eps.addcmul_(local.inject.T.contiguous().unsqueeze(-1), p.unsqueeze(0))
             else:
-                eps.add_(p.unsqueeze(1), alpha=local.inject)
+                eps.add_(p.unsqueeze(0), alpha=local.inject)
         return eps
 
     # ------------------------------------------------------------------ protocol
     def gradient(self, x, y):
-        return self._run(x, y)[1]
+        acc = OnlineUpdates(self.named_model_parameters(), None, None, apply=False)
+        self._run(x, y, acc)
+        return acc.grads
 
     def train_batch(self, x, y):
-        loss, grads = self._run(x, y)
-        params = self.named_model_parameters()
-        for n, p in params.items():
-            p.grad = grads[n]
-        self.clip(params.values())
-        self.optimizer.step()
+        acc = OnlineUpdates(self.named_model_parameters(), self.optimizer, self.clip,
+                            every=self.options.update_every)
         self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss.detach(), "updates": 1}
+        loss = self._run(x, y, acc)
+        acc.finish()
+        return {"loss": loss, "updates": acc.updates}

@@ -1,4 +1,4 @@
-"""Shared pieces of the forward-mode (FMD) baselines: state layout, parameter groups, online updates.
+"""Shared pieces of the forward-mode (FMD) baselines: state layout, parameters, online updates.
 
 Self-contained helpers that RTRL and SnAp-1 use, and that e-prop and forward gradients may use:
 
@@ -114,7 +114,7 @@ def split_parameters(model) -> tuple[dict[str, nn.Parameter], dict[str, nn.Param
 
 
 def cell_parameters(params: dict[str, torch.Tensor], layer: int) -> dict[str, torch.Tensor]:
-    """``{"cells.{layer}.x": t}`` → ``{"x": t}``: what ``functional_call(model.cells[layer])`` takes."""
+    """``{"cells.{layer}.x": t}`` → ``{"x": t}``, what ``functional_call(cells[layer])`` takes."""
     prefix = f"cells.{layer}."
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 

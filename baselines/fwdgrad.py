@@ -23,13 +23,20 @@ Implementation:
   it autograd would record one that grows with T (every parameter requires grad).
 - The k tangents are batched with ``torch.func.vmap`` over the tangent dimension (``vectorize``,
   default): one pass carries k tangents, k× the state tangents but one Python loop over time.
-  ``vectorize=False`` loops over tangents (k passes, memory of one tangent at a time); the
-  benchmark (benchmarks/fmd_eprop_fwdgrad.md) compares the two.
+  ``vectorize=False`` loops over tangents (k passes; each tangent is drawn, used and added into g
+  at once, so memory is that of one tangent); benchmarks/fmd_eprop_fwdgrad.md compares the two
+  (vmap ≈ 2× faster at k = 4 on CPU).
+- Cost note (torch 2.11): in forward mode, an op between a dual tensor and a plain one (a Python
+  scalar, a ``detach()``-ed tensor, a constant) gives the plain operand an "efficient zero"
+  tangent, and ops on those run through Python meta kernels — 0.1–0.5 ms each on CPU. The loss
+  below avoids such ops; the LIF cell and the value-exact estimators (``hard + (soft −
+  soft.detach())``, ``α·v``) have several per step, which is why fwdgrad on ``lif`` costs several
+  times more per step than on ``gru``/``lstm``.
 - Tangents come from the learner's own ``torch.Generator``, seeded once from the global RNG when
   the learner is built (so the run's one ``--seed`` fixes it) and saved in the checkpoint.
 
 Memory: the tangents of the parameters (k·p) and of the state (k·B·n) beside the primal pass:
-O(k·(p + B·n)), flat in T.
+O(k·(p + B·n)) with vmap, O(p + B·n) with the loop; flat in T either way.
 """
 
 from __future__ import annotations
@@ -157,10 +164,20 @@ class ForwardGradient(Learner):
 
     @torch.no_grad()
     def _estimate(self, x, y):
-        tangents = self.sample_tangents()
-        loss, d = self._directional(x, y, tangents)
-        k = d.shape[0]
-        grads = {n: torch.einsum("k,k...->...", d, v) / k for n, v in tangents.items()}
+        k = self.options.tangents
+        if self.options.vectorize:
+            tangents = self.sample_tangents(k)
+            loss, d = self._directional(x, y, tangents)
+            return loss, {n: torch.einsum("k,k...->...", d, v) / k for n, v in tangents.items()}
+        # One tangent at a time, accumulated at once: O(p + B·n) beside the parameters, whatever
+        # k. (The generator is drawn in a different order than for vmap, so the two modes with
+        # one seed use different tangents.)
+        grads = {n: torch.zeros_like(p) for n, p in self.named_model_parameters().items()}
+        for _ in range(k):
+            tangent = self.sample_tangents(1)
+            loss, d = self._directional(x, y, tangent)
+            for n, v in tangent.items():
+                grads[n].add_(v[0], alpha=float(d[0]) / k)
         return loss, grads
 
     # ------------------------------------------------------------------ protocol

@@ -35,13 +35,13 @@ costs p forward passes per step (one per parameter entry, each a dense matmul of
 tangent), ≈ g·(n+d_in)/n times more arithmetic than the ``D_t · J_{t−1}`` product that dominates
 here, and would need a p × p tangent basis or chunking. Reverse mode costs n backward passes
 (O(B·n·p), the size of ``M_t`` itself); the update ``J ← M + D·J`` is one ``baddbmm`` per
-parameter tensor, in place on ``M_t`` — O(B·n²·p) time, the cost of RTRL.
+parameter tensor, written into ``M_t``'s storage — O(B·n²·p) time, the cost of RTRL.
 
 Memory. The influence is ``B·n·p`` entries. Before allocating anything the learner computes that
 size (batch included) and raises ``IncompatibleError`` if it exceeds ``max_influence_bytes``
 (checked at construction for one sample, and at every call for the actual batch). The per-step
 ``M_t`` has the size of the influence and is alive beside it, so the peak is ≈ twice the
-influence; ``state_bytes`` reports influence + ``M_t`` + ``D_t`` + the carried state (all flat in T).
+influence; ``state_bytes`` reports influence + ``M_t`` + ``D_t`` + the carried state (flat in T).
 
 Online variant. ``update_every = k > 0`` applies the accumulated gradient every k steps and keeps
 the influence ``J`` (Williams & Zipser's real-time version): the parameters change during the
@@ -68,7 +68,7 @@ GiB = 1024 ** 3
 @dataclass
 class RTRLOptions:
     update_every: int = 0
-    """Apply the gradient every k steps during the sequence (online, not the exact gradient); 0 = once per sequence."""
+    """Apply the gradient every k steps (online RTRL, not the exact gradient); 0 = once per sequence."""
     max_influence_bytes: int = 2 * GiB
     """Refuse (IncompatibleError) when the influence B·n·p would need more bytes than this."""
 
@@ -113,7 +113,8 @@ class RTRL(Learner):
         need = self.memory_needed(batch, dtype)["influence"]
         if need > self.options.max_influence_bytes:
             raise IncompatibleError(
-                f"exact RTRL needs {_format_bytes(need)} for the influence of {self.model.name} "
+                f"exact RTRL needs {_format_bytes(need)} for the influence of "
+                f"{getattr(self.model, 'name', 'this model')} "
                 f"(batch {batch} × state n={self.layout.n} × parameters p={self.p}, "
                 f"{torch.empty((), dtype=dtype).element_size()} bytes each; about twice that at "
                 f"peak with the per-step Jacobian), over max_influence_bytes="
@@ -122,7 +123,7 @@ class RTRL(Learner):
 
     # ------------------------------------------------------------------ one step's Jacobians
     def _stack_step_one(self, params, s_flat, x_t):
-        """One sample (no batch dim): flat state ``[n]``, frame ``[*F]`` → new flat state ``[n]``."""
+        """One sample, no batch dim: flat state ``[n]``, frame ``[*F]`` → new flat state ``[n]``."""
         state = self.layout.unflatten(s_flat[None])
         h = self.model.frame(x_t[None])
         new_state = []
@@ -192,8 +193,10 @@ class RTRL(Learner):
             if n:
                 d, m, new_flat = self.jacobians(x_t, state)
                 for name in influence:
-                    # J_t = M_t + D_t J_{t−1}, written into M_t's storage (no third copy).
-                    influence[name] = m[name].baddbmm_(d, influence[name]) if t > 0 else m[name]
+                    # J_t = M_t + D_t J_{t−1}, written into M_t's storage (no third copy);
+                    # out= rather than baddbmm_, which torch's FLOP counter does not see.
+                    influence[name] = (torch.baddbmm(m[name], d, influence[name], out=m[name])
+                                       if t > 0 else m[name])
                 del d, m
                 state = detach_state(self.layout.unflatten(new_flat))
             acc.step_done(t)

@@ -1,4 +1,4 @@
-"""SnAp-1: RTRL's influence kept only where a parameter acts on the unit it feeds (Menick et al. 2021).
+"""SnAp-1 (Menick et al. 2021): RTRL's influence kept only where a parameter acts on its own unit.
 
 Which entries are kept. Every parameter entry of a stateful cell *writes to exactly one unit* of
 its own layer within a step: row ``r`` of ``input_weight`` / ``bias`` / ``recurrent_weight`` /
@@ -16,7 +16,7 @@ diagonal blocks of the layer's state Jacobian) and ``M_t`` the immediate ∂s_t/
 unit-sparse for these cells, so nothing of it is dropped):
 
     J̃_t[f, r, c] = Σ_e D̃_t[f, e, u(r)] · J̃_{t−1}[e, r, c] + M_t[f, r, c]
-    g_θ += Σ_{b, f} ∂L_t/∂s^l_t[b, f, u(r)] · J̃_t[b, f, r, c]          (readout: its direct gradient)
+    g_θ += Σ_{b, f} ∂L_t/∂s^l_t[b, f, u(r)] · J̃_t[b, f, r, c]      (readout: its direct gradient)
 
 This is the masked RTRL recursion ``J̃_t = (D_t J̃_{t−1} + M_t) ⊙ mask``: for an entry kept by the
 mask only the same unit's diagonal block of ``D_t`` meets a nonzero of ``J̃_{t−1}``. The error
@@ -38,19 +38,28 @@ or lif's ``z``); ``P`` lands in the recurrent bias's slot if the cell has one (G
 c_n)``), else it adds to the drive (rnn, lstm, lif, discrete). Compute ``P`` outside, put it into
 that slot (``d' = d + P`` or ``c' = c + P``, per sample) and call the cell's own ``recur`` through
 ``functional_call`` with ``U := 0``: same values, but now a *unit-local* function ``φ(d', c', s)``.
-For a unit-local function the Jacobian is block-diagonal over units, so one ``jvp`` with a tangent of
-ones on one gate block (or one state tensor) returns that block's per-unit derivatives for all
-units at once: ``G`` (+G for a recurrent bias) + F jvps, vmapped together, per layer and step —
-O(B·p) like a forward step, and the derivatives of lif's surrogate and discrete's STE come from
-the cells themselves. Then, per unit i and gate g (``δ_d``/``δ_c``: the jvp outputs):
+A unit-local function's Jacobian is block-diagonal over units, so a reverse pass from output state
+tensor f with a cotangent of ones returns ``∂s[f,i]/∂(every input of unit i)`` for all units at
+once: ``∂s[f,i]/∂d'[gH+i]`` (``δ_d``), ``∂s[f,i]/∂c'[gH+i]`` (``δ_c``) and ``∂s[f,i]/∂s_{t−1}[e,i]``
+(``E``: the paths that do not pass through U). F reverse passes (1 for rnn/gru/discrete, 2 for
+lstm/lif) per layer and step — O(B·p) like a forward step — and the derivatives of lif's surrogate
+and discrete's STE come from the cells themselves. (Forward mode would need G (+G) + F ``jvp``
+probes, one per gate block and state tensor, for the same numbers.) Then, per unit i and gate g:
 
     ∂s[f,i]/∂W_in[gH+i, j] = δ_d[g][f,i] · x_j        ∂s[f,i]/∂b[gH+i] = δ_d[g][f,i]
     ∂s[f,i]/∂U[gH+i, j]    = δ_U[g][f,i] · o_{t−1,j}   (δ_U = δ_c with a recurrent bias, else δ_d)
+    ∂s[f,i]/∂c[gH+i]       = δ_c[g][f,i]
     D̃[f,e,i] = E[f,e,i] + [e = o] Σ_g δ_U[g][f,i] · U[gH+i, i]
 
-with ``E`` the jvp of φ on state tensor e (its paths that do not pass through U). A cell with any
-other parameter (or whose output is not a state field) is refused with the reason; the test
-``tests/test_rtrl_snap.py`` checks this against the masked dense recursion for every cell.
+The assumptions (the recurrent matmul is the only cross-unit op, reads the output field, and lands
+in the drive or the recurrent bias; state is one H-vector per tensor; parameters are
+``[G·H, ·]``) hold for every cell in ``models.cells``; a cell that breaks the checkable ones (other
+parameters, convolutional state, output not a state field) is refused with the reason, and
+``tests/test_rtrl_snap.py`` checks the result against the masked dense recursion for every cell.
+
+Cost per step: traces O(B·F·p) memory, flat in T; time O(B·F²·p) for the trace update plus one
+forward and F + 1 reverse passes of a single step. ``update_every = k > 0`` applies the gradient
+every k steps during the sequence and keeps the traces (the online setting SnAp is meant for).
 """
 
 from __future__ import annotations
@@ -74,7 +83,7 @@ _KNOWN = ("input_weight", "bias", "recurrent_weight", "recurrent_bias")
 @dataclass
 class SnAp1Options:
     update_every: int = 0
-    """Apply the gradient every k steps during the sequence (online, traces kept); 0 = once per sequence."""
+    """Apply the gradient every k steps (online; traces are kept); 0 = once per sequence."""
 
 
 class _Recur(nn.Module):
@@ -119,20 +128,24 @@ class SnAp1(Learner):
         prefix = f"cells.{layer}."
         local = {n: p for n, p in cell.named_parameters()}
         names = {n: prefix + n for n, p in local.items() if p.requires_grad}
-        out = output_field(cell)
-        stateful = out is not None
+        stateful = len(cell.state_type._fields) > 0
+        out = -1
         if stateful:
             why = None
             extra = sorted(set(local) - set(_KNOWN))
-            if out < 0:
+            if any(tuple(t.shape) != (1, cell.hidden_size) for t in cell.initial_state(1)):
+                why = ("its state is not one vector of hidden_size units per sample (a "
+                       "convolutional cell shares each weight across positions, which the "
+                       "per-unit traces here do not cover)")
+            elif (out := output_field(cell)) < 0:
                 why = "its output is not one of its state tensors"
             elif extra:
                 why = f"it has parameters SnAp-1 has no unit map for: {', '.join(extra)}"
             else:
                 h = cell.hidden_size
                 for n, p in local.items():
-                    if p.shape[0] % h or (p.dim() == 2 and n == "recurrent_weight"
-                                          and p.shape[1] != h):
+                    if p.shape[0] % h or p.dim() != (1 if "bias" in n else 2) or (
+                            n == "recurrent_weight" and p.shape[1] != h):
                         why = f"parameter {n} of shape {tuple(p.shape)} is not [G·H, ·]"
                 if "recurrent_weight" in local and "recurrent_bias" not in local \
                         and local["recurrent_weight"].shape[0] != cell.drive_size:
@@ -140,7 +153,7 @@ class SnAp1(Learner):
             if why:
                 raise IncompatibleError(f"snap1 cannot train {getattr(self.model, 'name', '?')}: "
                                         f"layer {layer} ({type(cell).__name__}): {why}")
-        return _LayerPlan(layer=layer, stateful=stateful, out=out if stateful else -1,
+        return _LayerPlan(layer=layer, stateful=stateful, out=out,
                           fields=len(cell.state_type._fields), hidden=cell.hidden_size,
                           gates=getattr(cell, "gates", 1), names=names,
                           has_u=getattr(cell, "recurrent_weight", None) is not None,
@@ -152,7 +165,7 @@ class SnAp1(Learner):
 
         Returns, in the row layout of a ``[G·H, ·]`` parameter (row r ↔ unit r mod H):
         ``δ_d [B, F, G·H]``, ``δ_U`` (None without U), ``δ_c`` (None without recurrent bias), and
-        the unit-diagonal state Jacobian ``D̃ [B, F, F, H]`` (``D̃[:, f, e, i] = ∂s[f,i]/∂s_{t−1}[e,i]``).
+        the unit-diagonal state Jacobian ``D̃ [B, F, F, H]``, ``D̃[:, f, e, i] = ∂s[f,i]/∂s_{t−1}[e,i]``.
         """
         cell = self.model.cells[plan.layer]
         d = cell.drive(inp)
@@ -181,12 +194,15 @@ class SnAp1(Learner):
             _, new, _ = functional_call(self._recur[plan.layer], params, (args[0], state))
             # φ is unit-local, so its Jacobian is block-diagonal over units: a ones cotangent on
             # output tensor f returns ∂s[f, i]/∂(every input of unit i) for all units at once.
-            per_field = []
-            for f in range(plan.fields):
+            # The output field goes last: it depends on the whole step, so the last pass walks
+            # (and frees) every node of the graph.
+            order = [f for f in range(plan.fields) if f != plan.out] + [plan.out]
+            per_field = [None] * plan.fields
+            for f in order:
                 grads = torch.autograd.grad(new[f], leaves, torch.ones_like(new[f]),
-                                            retain_graph=f < plan.fields - 1, allow_unused=True)
-                per_field.append([torch.zeros_like(x) if g is None else g
-                                  for g, x in zip(grads, leaves)])
+                                            retain_graph=f != plan.out, allow_unused=True)
+                per_field[f] = [torch.zeros_like(x) if g is None else g
+                                for g, x in zip(grads, leaves)]
         delta_d = torch.stack([g[0] for g in per_field], dim=1)                   # [B, F, GH]
         delta_c = torch.stack([g[1] for g in per_field], dim=1) if plan.has_c else None
         diag = torch.stack([torch.stack(g[first_field:], dim=1) for g in per_field], dim=1)
@@ -245,13 +261,27 @@ class SnAp1(Learner):
             scored = bool((targets[:, t] >= 0).any())
             # One step of the stack; with a graph only when the step is scored (its error is
             # needed at every layer's output, through the layers above, this step only).
+            # The graph holds only what the error needs: stateful layers run with detached
+            # parameters (their gradient comes from the traces) and the first stateful output
+            # is a leaf, so every recorded node lies between the loss and a requested input.
             inputs, outs, new_state = [], [], []
             with torch.set_grad_enabled(scored):
                 h = self.model.frame(x[:, t])
-                for cell, s in zip(self.model.cells, state):
+                for plan, cell, s in zip(self.plans, self.model.cells, state):
                     inputs.append(h.detach())
-                    h, s_new = cell(h, s)
-                    outs.append(h)
+                    if plan.stateful and scored:
+                        frozen = {k: v.detach() for k, v in cell.named_parameters()}
+                        h, s_new = functional_call(cell, frozen, (h, s))
+                        if not h.requires_grad:
+                            leaf = h.detach().requires_grad_(True)
+                            outs.append(leaf)
+                            # a view goes on: module hooks (FlopCounterMode) reject leaf inputs
+                            h = leaf.view_as(leaf)
+                        else:
+                            outs.append(h)
+                    else:
+                        h, s_new = cell(h, s)
+                        outs.append(h)
                     new_state.append(s_new)
                 logits = self.model.readout(h)
             # Traces: J̃_t from J̃_{t−1}, the layer's input at t and its state at t−1.

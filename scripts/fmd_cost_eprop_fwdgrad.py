@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -37,8 +38,10 @@ METHODS = {
 
 def allocation_peak(fn) -> int:
     """Peak of CPU tensor allocations made by ``fn`` (bytes above what was live before)."""
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "profiler clears events at the end…"
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
     live = peak = 0
     for event in sorted(prof.events(), key=lambda e: e.time_range.start):
         live += event.self_cpu_memory_usage

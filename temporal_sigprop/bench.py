@@ -224,7 +224,7 @@ def run_bench(cfg: BenchConfig, out: str | os.PathLike | None = None, progress: 
                     mem_hist[sweep].append((size, max(row["training_memory_bytes"], 1)))
                 elif row["status"] in ("too slow", "oom"):
                     blocked[sweep] = (row["status"], row["reason"])
-            rows.append({**base, **row})
+            rows.append({**dict.fromkeys(BENCH_COLUMNS), **base, **row})  # every column, always
             bar.update()
     bar.close()
     add_ratios(rows)

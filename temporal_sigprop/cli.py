@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         added = _add_dataclass_flags(method_group, learner_class(method).Options, defaults=False,
                                      skip=seen, help_prefix=lambda n: f"[{', '.join(owners[n])}] ")
         seen.update(added)
+    train.add_argument("--model-options", default="", metavar="KEY=VALUE,...",
+                       help="extra cell options, e.g. tau_mem=20 for lif or downsample=2,"
+                            "stem_channels=0 for convgru")
     train.set_defaults(handler=_cmd_train, _option_names=sorted(seen))
 
     tasks = sub.add_parser("tasks", help="list the tasks")
@@ -127,12 +130,31 @@ def _cmd_train(args) -> int:
         raise ConfigError(f"{flags} does not apply to method {args.method!r}; its options are: "
                           f"{', '.join(sorted(valid)) or 'none'}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"options", "model_options"}
-    cfg = TrainConfig(**{k: getattr(args, k) for k in fields}, options=options)
+    cfg = TrainConfig(**{k: getattr(args, k) for k in fields}, options=options,
+                      model_options=parse_key_values(args.model_options, "--model-options"))
     summary = run_training(cfg)
     keys = ("task", "model", "method", "val_accuracy", "test_accuracy_at_best_val",
             "time_per_step_ms", "training_memory_bytes")
     print(json.dumps({k: summary[k] for k in keys}, indent=2))
     return 0
+
+
+def parse_key_values(text: str, flag: str) -> dict:
+    """``"a=1,b=x"`` → ``{"a": 1, "b": "x"}`` (ints, floats and true/false are converted)."""
+    result = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} expects KEY=VALUE pairs separated by commas, got {item!r}")
+        for convert in (int, float):
+            try:
+                result[key] = convert(value)
+                break
+            except ValueError:
+                continue
+        else:
+            result[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return result
 
 
 def _cmd_tasks(args) -> int:

@@ -435,11 +435,15 @@ class Runner:
 
     def __init__(self, out: Path, *, wandb=None, wandb_project="temporal_sigprop",
                  wandb_group=None, progress=True, keep_going=False, alignment_batches=2):
-        self.out, self.progress, self.keep_going = out, progress, keep_going
+        self.out, self.progress, self.keep_going = Path(out), progress, keep_going
         self.wandb, self.wandb_project, self.wandb_group = wandb, wandb_project, wandb_group
         self.alignment_batches = alignment_batches
-        self.trained = 0
-        self.cached = 0
+
+    def kwargs(self) -> dict:
+        """What a worker process needs to build the same runner."""
+        return {"out": self.out, "wandb": self.wandb, "wandb_project": self.wandb_project,
+                "wandb_group": self.wandb_group, "progress": self.progress,
+                "keep_going": self.keep_going, "alignment_batches": self.alignment_batches}
 
     def run(self, cfg: TrainConfig, role: str, alignment_epochs: list[int]) -> dict:
         extras = {"alignment": {"epochs": alignment_epochs, "batches": self.alignment_batches}
@@ -451,11 +455,8 @@ class Runner:
                                   wandb_group=self.wandb_group)
         summary = _read_json(folder / "summary.json")
         cached = _finished(summary, cfg)
-        if cached:
-            self.cached += 1
-        else:
+        if not cached:
             summary = self._train(cfg, folder, alignment_epochs)
-            self.trained += 1
         return self._outcome(cfg, folder, summary, role, cached)
 
     def _train(self, cfg: TrainConfig, folder: Path, alignment_epochs: list[int]) -> dict:
@@ -531,42 +532,108 @@ def _select_lr(search: list[dict]) -> dict | None:
     return min(enumerate(ok), key=key)[1]
 
 
-def run_cell(cell: dict, runner: Runner, bar) -> list[dict]:
-    """Learning-rate search with the first seed, then the other seeds at the chosen rate."""
-    if cell["reason"]:
-        return []
-    base = cell["base"]
-    search = []
-    for i, lr in enumerate(cell["lrs"]):
-        cfg = dataclasses.replace(base, lr=lr)
-        _describe(bar, cfg)
-        outcome = runner.run(cfg, "search", cell["alignment_epochs"])
-        search.append(outcome)
-        bar.update()
-        if outcome["status"] in ("n/a", "oom"):
-            # the size, not the learning rate, is refused: every candidate would be too
-            bar.update(planned_runs(cell) - i - 1)
-            return search
+def _search_configs(cell: dict) -> list[TrainConfig]:
+    return [dataclasses.replace(cell["base"], lr=lr) for lr in cell["lrs"]]
+
+
+def _seed_configs(cell: dict, lr: float) -> list[TrainConfig]:
+    return [dataclasses.replace(cell["base"], lr=lr, seed=seed) for seed in cell["seeds"][1:]]
+
+
+def _mark_chosen(search: list[dict]) -> dict | None:
     chosen = _select_lr(search)
     for outcome in search:
         outcome["chosen"] = chosen is not None and outcome is chosen
-    if chosen is None:  # every candidate diverged (or failed): no seed runs
-        bar.update(len(cell["seeds"]) - 1)
-        return search
-    runs = list(search)
-    for seed in cell["seeds"][1:]:
-        cfg = dataclasses.replace(base, lr=chosen["lr"], seed=seed)
-        _describe(bar, cfg)
-        outcome = runner.run(cfg, "seed", [])
-        outcome["chosen"] = True
-        runs.append(outcome)
-        bar.update()
-    return runs
+    return chosen
+
+
+def run_cells(cells: list[dict], runner: Runner, bar, jobs: int = 1) -> list[list[dict]]:
+    """Every cell's runs: the learning-rate search with the first seed, then the other seeds at
+    the chosen rate. ``jobs > 1`` runs that many trainings at once in worker processes (search
+    runs of all cells first; a cell's seed runs as soon as its search is complete)."""
+    if jobs > 1:
+        return _run_cells_parallel(cells, runner, bar, jobs)
+    results = []
+    for cell in cells:
+        runs: list[dict] = []
+        results.append(runs)
+        if cell["reason"]:
+            continue
+        for i, cfg in enumerate(_search_configs(cell)):
+            _describe(bar, cfg)
+            runs.append(runner.run(cfg, "search", cell["alignment_epochs"]))
+            bar.update()
+            if runs[-1]["status"] in ("n/a", "oom"):
+                # the size, not the learning rate, is refused: every candidate would be too
+                bar.update(planned_runs(cell) - i - 1)
+                break
+        else:
+            chosen = _mark_chosen(runs)
+            if chosen is None:  # every candidate diverged (or failed): no seed runs
+                bar.update(len(cell["seeds"]) - 1)
+                continue
+            for cfg in _seed_configs(cell, chosen["lr"]):
+                _describe(bar, cfg)
+                runs.append({**runner.run(cfg, "seed", []), "chosen": True})
+                bar.update()
+    return results
 
 
 def _describe(bar, cfg: TrainConfig) -> None:
     bar.set_postfix_str(f"{cfg.task} {cfg.model} {cfg.method} lr={cfg.lr:g} seed={cfg.seed}",
                         refresh=True)
+
+
+def _worker_run(runner_kwargs: dict, cfg: TrainConfig, role: str, alignment_epochs) -> dict:
+    """One run in a worker process (its own Runner; no inner progress bars)."""
+    return Runner(**runner_kwargs).run(cfg, role, alignment_epochs)
+
+
+def _run_cells_parallel(cells, runner: Runner, bar, jobs: int) -> list[list[dict]]:
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    kwargs = {**runner.kwargs(), "progress": False}
+    search: list[list] = [[None] * len(c["lrs"]) if not c["reason"] else [] for c in cells]
+    seeds: list[list] = [[] for _ in cells]
+    pending = {}
+    # spawn, not fork: a forked child inherits torch's thread pools in an undefined state
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        try:
+            for ci, cell in enumerate(cells):
+                if cell["reason"]:
+                    continue
+                for i, cfg in enumerate(_search_configs(cell)):
+                    future = pool.submit(_worker_run, kwargs, cfg, "search",
+                                         cell["alignment_epochs"])
+                    pending[future] = (ci, "search", i)
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    ci, role, i = pending.pop(future)
+                    outcome = future.result()
+                    bar.update()
+                    bar.set_postfix_str(f"{len(pending)} queued or running", refresh=True)
+                    if role == "seed":
+                        seeds[ci][i] = {**outcome, "chosen": True}
+                        continue
+                    search[ci][i] = outcome
+                    if any(o is None for o in search[ci]):
+                        continue
+                    cell = cells[ci]
+                    chosen = None if any(o["status"] in ("n/a", "oom") for o in search[ci]) \
+                        else _mark_chosen(search[ci])
+                    if chosen is None:
+                        bar.update(len(cell["seeds"]) - 1)
+                        continue
+                    configs = _seed_configs(cell, chosen["lr"])
+                    seeds[ci] = [None] * len(configs)
+                    for j, cfg in enumerate(configs):
+                        pending[pool.submit(_worker_run, kwargs, cfg, "seed", [])] = (ci, "seed", j)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return [a + b for a, b in zip(search, seeds)]
 
 
 # ============================================================================ aggregation
@@ -608,6 +675,9 @@ def aggregate(cell: dict, runs: list[dict]) -> dict:
         return {**out, "status": "error", "reason": why, "n_ok": 0}
     ok = [r for r in chosen if r["status"] == "ok"]
     out["chosen_lr"] = chosen[0]["lr"]
+    lrs = cell["lrs"]
+    out["lr_at_edge"] = (None if len(lrs) < 2 else "largest" if out["chosen_lr"] == max(lrs)
+                         else "smallest" if out["chosen_lr"] == min(lrs) else None)
     out["runs"] = [{"seed": r["seed"], "status": r["status"], "reason": r.get("reason"),
                     "run_dir": r["run_dir"], "test_accuracy_at_best_val": r.get("test_accuracy_at_best_val"),
                     "val_accuracy": r.get("val_accuracy")} for r in chosen]
@@ -695,7 +765,7 @@ def environment(threads: int | None = None) -> dict:
 def run_compare(preset: dict | str, out: str | os.PathLike, *, wandb: str | None = None,
                 wandb_project: str = "temporal_sigprop", progress: bool = True,
                 keep_going: bool = False, bench_csv: str | None = None, bench: bool = True,
-                command: str | None = None, echo=print) -> dict:
+                command: str | None = None, jobs: int = 1, echo=print) -> dict:
     """Run (or read back) every run of the preset's matrix and write the report into ``out``.
 
     Returns the results dict that is also written to OUT/results.json.
@@ -715,13 +785,12 @@ def run_compare(preset: dict | str, out: str | os.PathLike, *, wandb: str | None
                     progress=progress, keep_going=keep_going,
                     alignment_batches=(preset["alignment"] or {}).get("batches", 0))
     total = sum(planned_runs(c) for c in cells)
-    all_runs, rows = [], []
     with tqdm(total=total, desc=f"compare {preset['name']}", unit="run",
               disable=None if progress else True, position=0) as bar:
-        for cell in cells:
-            runs = run_cell(cell, runner, bar)
-            all_runs.extend(runs)
-            rows.append(aggregate(cell, runs))
+        per_cell = run_cells(cells, runner, bar, jobs)
+    rows = [aggregate(cell, runs) for cell, runs in zip(cells, per_cell)]
+    all_runs = [r for runs in per_cell for r in runs]
+    trained = sum(not r["cached"] for r in all_runs)
 
     threads = preset["defaults"].get("threads", TrainConfig.threads)
     bench_rows, bench_source = _bench_rows(preset, out, bench_csv, bench, progress, threads)
@@ -729,7 +798,8 @@ def run_compare(preset: dict | str, out: str | os.PathLike, *, wandb: str | None
         "preset": preset,
         "command": command or reproduce_command(preset, out),
         "environment": environment(threads),
-        "counts": {"runs": len(all_runs), "trained": runner.trained, "cached": runner.cached},
+        "counts": {"runs": len(all_runs), "trained": trained, "cached": len(all_runs) - trained,
+                   "jobs": jobs},
         "cells": rows,
         "runs": [{k: v for k, v in r.items() if k not in ("curve", "anytime_test_accuracy",
                                                           "alignment")} for r in all_runs],
@@ -743,7 +813,10 @@ def run_compare(preset: dict | str, out: str | os.PathLike, *, wandb: str | None
 
 
 def reproduce_command(preset: dict, out: Path) -> str:
-    name = preset["name"] if preset["name"] in PRESET_NAMES else str(out / "preset.json")
+    """The command that reruns this compare: the shipped preset's name if the preset is exactly
+    that one, else the resolved copy saved in OUT/preset.json."""
+    shipped = preset["name"] in PRESET_NAMES and load_preset(preset["name"]) == preset
+    name = preset["name"] if shipped else str(out / "preset.json")
     return f"tsp compare --preset {shlex.quote(name)} --out {shlex.quote(str(out))}"
 
 
@@ -797,6 +870,9 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
                         help="read the scaling section from this bench.csv instead of running it")
     parser.add_argument("--no-bench", dest="bench", action="store_false",
                         help="no scaling measurement (the section says so)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="trainings run at once in worker processes (each with --threads "
+                             "threads); times per step get noisier when jobs share cores")
     parser.add_argument("--keep-going", action="store_true",
                         help="record a run that raises an error and go on (exit code 1 at the end)")
     parser.add_argument("--report-only", action="store_true",
@@ -825,7 +901,8 @@ def _cmd_compare(args) -> int:
     command = "tsp " + shlex.join(["compare", *_argv_of(args, out)])
     results = run_compare(preset, out, wandb=args.wandb, wandb_project=args.wandb_project,
                           progress=args.progress, keep_going=args.keep_going,
-                          bench_csv=args.bench_csv, bench=args.bench, command=command)
+                          bench_csv=args.bench_csv, bench=args.bench, command=command,
+                          jobs=args.jobs)
     return 1 if any(c["status"] == "error" for c in results["cells"]) else 0
 
 
@@ -836,9 +913,9 @@ def _argv_of(args, out: Path) -> list[str]:
         value = getattr(args, name)
         if value:
             argv += [f"--{name}", *map(str, value)]
-    for name in ("epochs", "max_batches", "device", "threads", "bench_csv"):
+    for name in ("epochs", "max_batches", "device", "threads", "bench_csv", "jobs"):
         value = getattr(args, name)
-        if value is not None:
+        if value is not None and not (name == "jobs" and value == 1):
             argv += ["--" + name.replace("_", "-"), str(value)]
     if not args.bench:
         argv.append("--no-bench")

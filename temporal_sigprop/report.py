@@ -188,6 +188,13 @@ def summary_sentences(results: dict) -> list[str]:
                 f"{'' if w['why'] == 'within the seed spread' else ' (' + w['why'] + ')'}; highest means "
                 f"{best['method']} {acc_text(best['test_accuracy_mean'], best['test_accuracy_std'])}% and "
                 f"{second['method']} {acc_text(second['test_accuracy_mean'], second['test_accuracy_std'])}%.")
+    edge = [c for c in cells if c["status"] == "ok" and c.get("lr_at_edge")]
+    if edge:
+        out.append(f"{len(edge)} of {sum(c['status'] == 'ok' for c in cells)} finished pairs chose "
+                   f"a learning rate at the edge of their candidates (a wider search might change "
+                   f"their numbers): " + ", ".join(
+                       f"{m} {side} on {n} task(s)" for (m, side), n in _count(
+                           (c["method"], c["lr_at_edge"]) for c in edge).items()) + ".")
     na = [c for c in cells if c["status"] == "n/a"]
     if na:
         out.append(f"{len(na)} pair(s) could not run (n/a; the reasons are in the accuracy table): "
@@ -220,6 +227,13 @@ def summary_sentences(results: dict) -> list[str]:
                        f"measured epoch, on {task} ({model}): " + ", ".join(align) + ".")
             break
     return out
+
+
+def _count(items) -> dict:
+    counts: dict = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return counts
 
 
 def _scaling_sentences(rows: list[dict]) -> list[str]:
@@ -265,7 +279,10 @@ def accuracy_table(cells: list[dict]) -> Table:
                             bold=star)
                 val = acc_text(c["val_accuracy_mean"], c["val_accuracy_std"])
                 seeds = f"{c['n_ok']}/{len(c['seeds'])}"
-                note = c.get("reason") or ""
+                notes = [c["reason"]] if c.get("reason") else []
+                if c.get("lr_at_edge"):
+                    notes.append(f"chosen lr is the {c['lr_at_edge']} candidate")
+                note = "; ".join(notes)
             elif c["status"] == "n/a":
                 test = Cell(f"n/a — {c['reason']}", muted=True)
                 val, seeds, note = "–", "–", ""
@@ -306,8 +323,8 @@ def cost_table(cells: list[dict]) -> Table:
     return Table(["task", "model", "method", "ms / step", "× bptt", "training memory", "× bptt",
                   "CUDA peak", "FLOPs / step", "× bptt", "params (model + learner)",
                   "learner state", "spike rate"], rows,
-                 "Time per step: wall time of a training batch / T, median over seeds "
-                 "(runs measured one after another on the same machine). Training memory: peak "
+                 "Time per step: wall time of a training batch / T, median over seeds. "
+                 "Training memory: peak "
                  "live bytes autograd saved beyond parameters and input, plus the learner's own "
                  "state (largest over seeds). FLOPs counted by torch.utils.flop_counter "
                  "(matmuls and convolutions). Spike rate: mean firing rate (lif only).",
@@ -506,10 +523,13 @@ def build_document(results: dict, figs: dict) -> list:
 
     doc.append(("h2", "Cost"))
     doc.append(cost_table(cells))
-    doc.append(("p", "Times come from runs executed one after another on one machine; with other "
-                     "processes running they are noisy — the scaling section measures all methods "
-                     "at the same points in one go. Absolute times mean something only on a "
-                     "named, otherwise idle device."))
+    jobs = (results.get("counts") or {}).get("jobs", 1)
+    how = ("one after another" if jobs == 1 else
+           f"{jobs} at a time (each sharing the machine with the others)")
+    doc.append(("p", f"Times come from the training runs, executed {how} on one machine; with "
+                     f"other processes running they are noisy — the scaling section measures all "
+                     f"methods at the same points in one go. Absolute times mean something only "
+                     f"on a named, otherwise idle device."))
 
     doc.append(("h2", "Scaling"))
     bench = results.get("bench") or {}

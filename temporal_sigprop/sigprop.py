@@ -101,6 +101,8 @@ class SigPropOptions:
     """Width of the surrogate compartment σ((v−θ)/width) (spike_mode 'surrogate')."""
     local_steps: str = "every"
     """Steps where local losses are scored: 'every' labelled step (default, whatever --loss-at) or 'placement' (only where --loss-at scores)."""
+    step_weight: str = "uniform"
+    """Weight of step t's local losses: 'uniform', or 'linear' (2(t+1)/(T+1): late steps, which have seen more of the sequence, count more; mean weight 1)."""
     traces: bool = False
     """Per-layer SnAp-1 eligibility traces of each layer's own parameters: local losses credit earlier steps (O(B·p) per layer)."""
     single_optimizer: bool = False
@@ -121,6 +123,7 @@ _CHOICES = {
     "prediction": ("readout", "nearest"),
     "spike_mode": ("voltage", "surrogate"),
     "local_steps": ("every", "placement"),
+    "step_weight": ("uniform", "linear"),
 }
 
 #: differentiable state components carried by the temporal traces (never a spike or a sign).
@@ -282,9 +285,9 @@ class SigProp(Learner):
                 if l + 1 < len(cells):
                     drive = cells[l + 1].drive(out)
             if nearest:
-                z = SL.normalise_rows(self._loss_input(local, cells[-1]), self.options.normalize)
-                logits.append(SL.class_scores(z[:B], z[B:], self.options.loss,
-                                              self.options.temperature))
+                z = SL.normalise_rows(self._loss_rows(local, cells[-1]), self.options.normalize)
+                logits.append(SL.class_scores(z[..., :B, :], z[..., B:, :], self.options.loss,
+                                              1.0 / self.options.temperature))
             else:
                 logits.append(self.readout(out))
         return torch.stack(logits, 1)
@@ -296,27 +299,37 @@ class SigProp(Learner):
             x = x.flatten(2)
         return x.transpose(0, 1).contiguous()
 
-    def _loss_input(self, local, cell):
+    def _loss_rows(self, local, cell):
+        """What the local loss compares, as rows ``[..., N, K]`` (``rows_last``): ``local``, or for
+        lif in surrogate mode the compartment ``σ((v − θ)/width)`` computed from v beside the spike."""
         if self.options.spike_mode == "surrogate" and isinstance(cell, LIFCell):
-            # The smooth compartment beside the spike: a function of v, not of the spike.
-            return torch.sigmoid((local - cell.threshold) / self.options.surrogate_width)
-        return local
+            local = torch.sigmoid((local - cell.threshold) / self.options.surrogate_width)
+        return SL.rows_last(local)
 
-    def _local_loss(self, local, cell, B, rows, labels, target_labels):
-        """Σ over scored input rows of the local loss at one layer and step (see sigprop_losses)."""
+    def _local_loss(self, z, B, ctx):
+        """Σ over scored input rows (and leading dims: stacked layers, positions) of the local
+        loss on rows ``z [..., B + R, K]``, divided by the step's scored count and positions."""
         o = self.options
-        z = SL.normalise_rows(self._loss_input(local, cell), o.normalize)
-        h, s = z[:B], z[B:]
+        rows, labels, masks, scale = ctx  # scale: 1 / (scored rows at this step)
+        z = SL.normalise_rows(z, o.normalize)
+        h, s = z[..., :B, :], z[..., B:, :]
         if o.detach_target:
             s = s.detach()
         if o.loss == "ce":
             if rows == "class":
-                return SL.class_embedding_ce(h, s, labels, o.temperature)
-            return SL.batch_similarity_ce(h, s, labels, target_labels, o.temperature)
-        matched = s[labels.clamp_min(0)] if rows == "class" else s
-        if o.loss == "l2":
-            return SL.matched_l2(h, matched, labels)
-        return SL.matched_cosine(h, matched, labels)
+                loss = SL.class_embedding_ce(h, s, labels, 1.0 / o.temperature)
+            else:
+                loss = SL.batch_similarity_ce(h, s, masks, 1.0 / o.temperature)
+        else:
+            matched = s.index_select(-2, labels.clamp_min(0)) if rows == "class" else s
+            loss = (SL.matched_l2 if o.loss == "l2" else SL.matched_cosine)(h, matched, labels)
+        return loss * scale
+
+    def _scored(self, z, B, ctx, layers: int):
+        """``_local_loss`` of rows ``z`` that stack ``layers`` layers, averaged over positions."""
+        positions = z.numel() // (z.shape[-1] * z.shape[-2] * layers)
+        return self._local_loss(z, B, ctx) * (1.0 / positions) if positions > 1 else \
+            self._local_loss(z, B, ctx)
 
     def _due(self, t: int, steps: int) -> bool:
         o = self.options
@@ -355,6 +368,8 @@ class SigProp(Learner):
         row_index = row_t.clamp_min(0)
         per_step_rows = rows == "sample" and y.dim() == 2
         class_labels = torch.arange(self.num_classes, device=x.device)
+        if rows == "sample" and y.dim() == 1:  # constant over the sequence: hoisted
+            fixed_masks = SL.similarity_masks(y.long(), y.long())
         frames = self._frames(x)
         state = list(model.initial_state(B + R, device=x.device, dtype=x.dtype))
         self.state_bytes = self._state_bytes(state, B, R)
@@ -375,29 +390,42 @@ class SigProp(Learner):
                 if per_step_rows:  # a step without a label gives its row a zero drive
                     target_drive = target_drive * row_mask[t].view(-1, *[1] * (target_drive.dim() - 1))
                 target_labels = row_t[t]
+            masks = None
+            if score_local and rows == "sample":
+                masks = fixed_masks if y.dim() == 1 else SL.similarity_masks(local_t[t], target_labels)
+            weight = 2.0 * (t + 1) / (T + 1) if o.step_weight == "linear" else 1.0
+            ctx = (rows, local_t[t], masks, weight / max(local_counts[t], 1))
+            total = None
             if traces is not None:
-                traces.step(frames[t], target_drive, state, B, rows, local_t[t], target_labels,
-                            score_local, 1.0 / max(local_counts[t], 1))
-                out, total, pending = traces.top_out, None, pending or score_local
+                traces.step(frames[t], target_drive, target_labels, state, B, ctx, score_local)
+                out, pending = traces.top_out, pending or score_local
             else:
-                total = None
                 with torch.set_grad_enabled(score_local or score_readout):
                     drive = torch.cat([cells[0].drive(frames[t]), target_drive.to(x.dtype)])
+                    zs = []
                     for l, cell in enumerate(cells):
                         out, new_state, local = cell.recur(drive, state[l])
                         state[l] = _detach(new_state)  # the next step sees a constant
                         if score_local:
-                            loss_l = self._local_loss(local, cell, B, rows, local_t[t],
-                                                      target_labels) * (1.0 / local_counts[t])
-                            local_sum = local_sum + loss_l.detach()
+                            z = self._loss_rows(local, cell)
                             if o.per_layer_backward:  # frees this layer's graph at once
+                                loss_l = self._scored(z, B, ctx, 1)
                                 loss_l.backward()
+                                local_sum = local_sum + loss_l.detach()
                                 pending = True
                             else:
-                                total = loss_l if total is None else total + loss_l
+                                zs.append(z)
                         out = out.detach()  # the layer above sees a constant
                         if l + 1 < L:
                             drive = cells[l + 1].drive(out)
+                    if zs:
+                        # All layers' losses in one batched call where shapes agree: a plain
+                        # sum over the stacked dim, so each layer still gets only its own gradient.
+                        if len(zs) > 1 and all(z.shape == zs[0].shape for z in zs):
+                            total = self._scored(torch.stack(zs), B, ctx, len(zs))
+                        else:
+                            total = sum(self._scored(z, B, ctx, 1) for z in zs)
+                        local_sum = local_sum + total.detach()
             if score_readout:
                 with torch.enable_grad():
                     logits = self.readout(out[:B])
@@ -465,7 +493,7 @@ class _Traces:
         view[1 + axis] = shape[axis]
         return d.reshape(view)
 
-    def _row_fn(self, l, B, rows_total):
+    def _row_fn(self, l):
         """One row's step of layer l as a pure function of (params, input, target drive, state)."""
         cell, fields = self.cells[l], self.fields[l]
         state_type = cell.state_type
@@ -484,11 +512,11 @@ class _Traces:
 
         return fn
 
-    def step(self, frame, target_drive, state, B, rows, labels, target_labels, score, inv_count):
+    def step(self, frame, target_drive, target_labels, state, B, ctx, score):
         """Advance every layer one step, update its traces, and put the trace gradients of the
         local losses into ``.grad`` (the readout's loss is handled by the caller)."""
         learner, cells = self.learner, self.cells
-        L = len(cells)
+        rows = ctx[0]
         N = B + target_drive.shape[0]
         inp = None
         out = None
@@ -517,7 +545,7 @@ class _Traces:
                 out, new_state, local = cell.recur(drive, st)
             traced = tuple(getattr(st, f) for f in fields)
             untraced = {f: getattr(st, f) for f in st._fields if f not in fields}
-            fn = self._row_fn(l, B, N)
+            fn = self._row_fn(l)
             params = {n: p.detach() for n, p in named.items()}
 
             def per_row(inp_r, oh_r, it_r, traced_r, untraced_r):
@@ -553,7 +581,7 @@ class _Traces:
                 field = next(f for f in fields if getattr(new_state, f) is local)
                 leaf = local.detach().requires_grad_()
                 with torch.enable_grad():
-                    loss = learner._local_loss(leaf, cell, B, rows, labels, target_labels) * inv_count
+                    loss = learner._scored(learner._loss_rows(leaf, cell), B, ctx, 1)
                     (delta,) = torch.autograd.grad(loss, leaf)
                 self.local_sum = self.local_sum + loss.detach()
                 with torch.no_grad():

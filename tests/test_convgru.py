@@ -165,10 +165,23 @@ def moving_blobs(n, steps, side, generator):
 def test_bptt_learns_moving_blob_direction(rng):
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=rng)))
     x, y = moving_blobs(64, 6, 10, rng)
-    model = make_model("convgru", x.shape[1:], hidden=6, layers=1, num_classes=4, downsample=1)
+    model = make_model("convgru", x.shape[1:], hidden=6, layers=1, num_classes=4,
+                       downsample=1, stem_channels=0)
     learner = make_learner("bptt", model, LearnerConfig(lr=2e-2, loss_at="last"))
     losses = [learner.train_batch(x, y)["loss"].item() for _ in range(60)]
     assert losses[0] == pytest.approx(math.log(4), rel=0.25)
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses[::10]
     x_new, y_new = moving_blobs(200, 6, 10, rng)  # unseen clips: it learnt direction, not clips
     assert (learner.predict(x_new)[:, -1].argmax(-1) == y_new).float().mean() > 0.6
+
+
+def test_defaults_and_options_reach_the_cells():
+    model = make_model("convgru", (20, 1, 32, 32), hidden=8, layers=2, num_classes=10)
+    first, second = model.cells
+    assert first.drive_shape == (24, 8, 8) and second.out_shape == (8, 8, 8)  # downsample 4
+    assert first.stem_weight.shape[0] == 16 and second.stem_weight is None
+    model = make_model("convgru", (3, 2, 9, 9), hidden=4, layers=2, num_classes=2, kernel_size=5,
+                       downsample=1, stem_channels=0)
+    assert all(c.recurrent_weight.shape == (12, 4, 5, 5) for c in model.cells)
+    assert model.cells[0].input_weight.shape == (12, 2, 5, 5)
+    assert model(torch.randn(2, 3, 2, 9, 9)).shape == (2, 3, 2)

@@ -178,7 +178,8 @@ def diagonalise(model):
         for cell in model.cells:
             u = getattr(cell, "recurrent_weight", None)
             if u is not None:
-                u.mul_(torch.eye(cell.hidden_size, dtype=u.dtype).repeat(u.shape[0] // u.shape[1], 1))
+                eye = torch.eye(cell.hidden_size, dtype=u.dtype)
+                u.mul_(eye.repeat(u.shape[0] // u.shape[1], 1))
     return model
 
 
@@ -220,6 +221,9 @@ def test_snap1_refuses_unknown_parameters():
     model.cells[0].register_parameter("tau", nn.Parameter(torch.ones(H, dtype=torch.float64)))
     with pytest.raises(IncompatibleError, match="tau"):
         SnAp1(model)
+    video = make_model("convgru", (T, 1, 8, 8), hidden=4, layers=1, num_classes=C)
+    with pytest.raises(IncompatibleError, match="convolutional"):
+        make_learner("snap1", video, LearnerConfig())
 
 
 # ---------------------------------------------------------------------------- memory
@@ -302,3 +306,22 @@ def test_gradient_applies_nothing(cls):
     opts = RTRLOptions(update_every=1) if cls is RTRL else SnAp1Options(update_every=1)
     cls(model, LearnerConfig(), opts).gradient(*data())
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("method", ["rtrl", "snap1"])
+def test_runs_under_the_harness_meters(method):
+    """The harness meters memory with saved-tensor hooks (torch.func's jacrev refuses to run under
+    them) and counts FLOPs with FlopCounterMode (whose module hooks reject leaf inputs under
+    autograd.grad). Saved tensors peak at one step's graph: flat in T."""
+    from temporal_sigprop.measure import count_flops, train_batch_memory
+    fresh_seed()
+    learner = make_learner(method, build("lstm", 2), LearnerConfig(loss_at="every"))
+    peaks = []
+    for steps in (4, 8, 16):
+        x, y = data(steps=steps)
+        saved, state, _ = train_batch_memory(learner, x, y)
+        peaks.append(saved)
+        assert state == learner.state_bytes > 0
+    assert peaks[0] > 0 and peaks == [peaks[0]] * 3, peaks
+    flops, _ = count_flops(learner.train_batch, x, y)
+    assert flops > 0

@@ -40,8 +40,14 @@ def make_model(name: str, input_shape, hidden: int = 128, layers: int = 1, num_c
         raise ConfigError(f"unknown model {name!r}; choose one of: {', '.join(MODEL_NAMES)}")
     if layers < 1 or hidden < 1:
         raise ConfigError(f"--layers and --hidden must be ≥ 1 (got layers={layers}, hidden={hidden})")
-    return _resolve(MODEL_BUILDERS[name])(name, tuple(input_shape), hidden, layers, num_classes,
-                                          **cell_options)
+    builder = _resolve(MODEL_BUILDERS[name])
+    try:
+        return builder(name, tuple(input_shape), hidden, layers, num_classes, **cell_options)
+    except TypeError as err:
+        if "unexpected keyword" not in str(err):
+            raise
+        raise ConfigError(f"model {name!r} does not take option(s) {sorted(cell_options)}: {err}"
+                          ) from None
 
 
 __all__ = ["make_model", "MODEL_NAMES", "SequenceModel", "Cell", "CELLS", "HiddenState",

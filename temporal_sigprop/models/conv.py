@@ -185,10 +185,15 @@ class GlobalPoolLinear(nn.Linear):
 
 
 def build_convgru(name: str, input_shape, hidden: int, layers: int, num_classes: int, *,
-                  kernel_size: int = 3, downsample: int = 2, stem_channels: int = 0) -> SequenceModel:
+                  kernel_size: int = 3, downsample: int = 4, stem_channels: int = 16) -> SequenceModel:
     """A ``layers``-deep ConvGRU stack with ``hidden`` channels per layer on frames
     ``input_shape = (T, C_in, H, W)``; layer 1's drive downsamples by ``downsample`` (through a
-    ``stem_channels``-wide conv encoder if > 0); readout = global average pool + Linear."""
+    ``stem_channels``-wide conv encoder if > 0); readout = global average pool + Linear.
+
+    Defaults (``downsample=4``, ``stem_channels=16``: 32×32 frames → 8×8 maps behind a two-conv
+    encoder) learnt fastest of the settings tried on ``video_digits`` (BPTT, hidden 16, 300 steps,
+    one seed: 8×8 with stem > 8×8 without > 16×16 with stem) and cost ~4× less per step than 16×16.
+    """
     if len(input_shape) != 4:
         raise ConfigError(f"convgru needs video input (T, C, H, W); this task's input shape is "
                           f"{tuple(input_shape)} — use a sequence model (rnn, gru, lstm, ...)")
