@@ -68,7 +68,7 @@ GiB = 1024 ** 3
 @dataclass
 class RTRLOptions:
     update_every: int = 0
-    """Apply the gradient every k steps (online RTRL, not the exact gradient); 0 = once per sequence."""
+    """Apply the gradient every k steps during the sequence (online); 0 = once per sequence."""
     max_influence_bytes: int = 2 * GiB
     """Refuse (IncompatibleError) when the influence B·n·p would need more bytes than this."""
 

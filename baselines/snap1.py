@@ -83,7 +83,7 @@ _KNOWN = ("input_weight", "bias", "recurrent_weight", "recurrent_bias")
 @dataclass
 class SnAp1Options:
     update_every: int = 0
-    """Apply the gradient every k steps (online; traces are kept); 0 = once per sequence."""
+    """Apply the gradient every k steps during the sequence (online); 0 = once per sequence."""
 
 
 class _Recur(nn.Module):

@@ -55,7 +55,10 @@ class SavedTensorMeter:
             self.live += t.numel() * t.element_size()
             self.peak = max(self.peak, self.live)
         self._refs[key] += 1
-        return SavedTensorMeter._Handle(self, key, t)
+        # Hold a detached alias: holding ``t`` itself would tie the handle to the graph that
+        # saved it, a reference cycle the collector cannot free when part of the graph is never
+        # walked by backward (the count would then grow forever).
+        return SavedTensorMeter._Handle(self, key, t.detach())
 
     @staticmethod
     def _unpack(packed):

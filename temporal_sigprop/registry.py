@@ -29,7 +29,9 @@ INCOMPATIBLE: dict[tuple[str, str], str] = {
     **{("eprop", m): "e-prop is defined for rnn, lif and lstm cells (Bellec et al. 2020)"
        for m in ("gru", "discrete", "mlp", "convgru")},
     ("rtrl", "convgru"): "exact RTRL's influence of a conv-recurrent stack (B·n·p entries) does not "
-                         "fit in memory; use snap1 or fwdgrad",
+                         "fit in memory; use fwdgrad",
+    ("snap1", "convgru"): "SnAp-1's per-unit traces assume each weight feeds one unit; a conv weight "
+                          "is shared by every position of its channel; use fwdgrad",
 }
 
 

@@ -128,6 +128,12 @@ _CHOICES = {
 
 #: differentiable state components carried by the temporal traces (never a spike or a sign).
 _TRACED_FIELDS = {ElmanCell: ("h",), GRUCell: ("h",), LSTMCell: ("h", "c"), LIFCell: ("v",)}
+#: how a traced component mixes units: (state field, recurrent matrix [G·H, H], what is added to
+#: U·state — the drive, or the GRU's recurrent bias). lif's recurrent matrix acts on the spikes,
+#: which are not traced, so its traced v only decays elementwise.
+_MIXING = {ElmanCell: ("h", "recurrent_weight", "drive"),
+           GRUCell: ("h", "recurrent_weight", "recurrent_bias"),
+           LSTMCell: ("h", "recurrent_weight", "drive")}
 
 
 def _detach(state):
@@ -456,7 +462,16 @@ class SigProp(Learner):
 
 
 class _Traces:
-    """Per-layer SnAp-1 eligibility traces (module docstring, "Temporal traces")."""
+    """Per-layer SnAp-1 eligibility traces (module docstring, "Temporal traces").
+
+    The diagonal ``D^{km}_i = ∂state^k_{t,i}/∂state^m_{t−1,i}`` costs a few forward-mode products
+    per row, not H: a forward product with tangent ``1`` on component m gives the row sums
+    ``Σ_j ∂state^k_i/∂state^m_j``; where m mixes units through a recurrent matrix ``U [G·H, H]``
+    (``_MIXING``) the off-diagonal part is known in closed form,
+    ``Σ_g a^k_{g,i} · (Σ_j U[gH+i, j] − U[gH+i, i])`` with ``a^k_{g,i} = ∂state^k_i/∂(U·state)_{gH+i}``
+    (one forward product per gate block g, with tangent 1 on that block of whatever adds to
+    ``U·state``: the drive, or the GRU's recurrent bias), and is subtracted.
+    """
 
     def __init__(self, learner: SigProp):
         self.learner = learner
@@ -494,16 +509,18 @@ class _Traces:
         return d.reshape(view)
 
     def _row_fn(self, l):
-        """One row's step of layer l as a pure function of (params, input, target drive, state)."""
+        """One row's step of layer l as a pure function of (params, input, target one-hot,
+        is-target flag, traced state, other state, drive probe) → traced state components."""
         cell, fields = self.cells[l], self.fields[l]
         state_type = cell.state_type
 
-        def fn(params, inp, target_onehot, is_target, traced, untraced):
+        def fn(params, inp, target_onehot, is_target, traced, untraced, probe):
             cell_params = {n: p for n, p in params.items() if n != "__projection"}
             drive = _functional(cell, cell_params, "drive", inp[None])
             if "__projection" in params:
                 target_drive = (target_onehot @ params["__projection"].flatten(1))[None]
                 drive = torch.where(is_target, target_drive, drive)
+            drive = drive + probe
             values = dict(untraced)
             values.update(dict(zip(fields, traced)))
             state = state_type(*(values[f][None] for f in state_type._fields))
@@ -512,14 +529,69 @@ class _Traces:
 
         return fn
 
+    def row_jacobians(self, l, inp_rows, onehot, is_target, traced, untraced):
+        """Per row: the immediate terms ``I^k`` ({param: [N, *shape]} for each traced component
+        k) and the diagonals ``D^{km}`` ([N, H]) of layer l's step."""
+        cell, fields = self.cells[l], self.fields[l]
+        named, _ = self.params[l]
+        params = {n: p.detach() for n, p in named.items()}
+        fn = self._row_fn(l)
+        K, H = len(fields), cell.hidden_size
+        drive_size = cell.drive_size
+        ref = traced[0]
+        mixing = _MIXING.get(type(cell))
+        if mixing is not None:
+            field, weight, source = mixing
+            U = params[weight]
+            G = U.shape[0] // H
+            blocks = U.reshape(G, H, H)
+            off = blocks.sum(-1) - blocks.diagonal(dim1=1, dim2=2)  # [G, H]
+            gate_tangents = torch.eye(G, dtype=ref.dtype, device=ref.device).repeat_interleave(H, 1)
+
+        def per_row(inp_r, oh_r, it_r, traced_r, untraced_r):
+            probe = traced_r[0].new_zeros(drive_size)
+            outs, vjp_fn = torch.func.vjp(
+                lambda p: fn(p, inp_r, oh_r, it_r, traced_r, untraced_r, probe), params)
+            immediate = [vjp_fn(tuple(torch.ones_like(o) if i == k else torch.zeros_like(o)
+                                      for i, o in enumerate(outs)))[0] for k in range(K)]
+            diag = [[None] * K for _ in range(K)]
+            for m in range(K):
+                def f_m(tr_m, m=m):
+                    tr = list(traced_r)
+                    tr[m] = tr_m
+                    return fn(params, inp_r, oh_r, it_r, tuple(tr), untraced_r, probe)
+
+                _, sums = torch.func.jvp(f_m, (traced_r[m],), (torch.ones_like(traced_r[m]),))
+                for k in range(K):
+                    diag[k][m] = sums[k]
+            if mixing is not None:
+                m = fields.index(field)
+                for g in range(G):
+                    if source == "drive":
+                        _, a = torch.func.jvp(
+                            lambda pr: fn(params, inp_r, oh_r, it_r, traced_r, untraced_r, pr),
+                            (probe,), (gate_tangents[g],))
+                    else:
+                        _, a = torch.func.jvp(
+                            lambda b: fn({**params, source: b}, inp_r, oh_r, it_r, traced_r,
+                                         untraced_r, probe), (params[source],), (gate_tangents[g],))
+                    for k in range(K):
+                        diag[k][m] = diag[k][m] - a[k] * off[g]
+            return immediate, diag
+
+        in_dims = (0, 0 if onehot is not None else None, 0 if is_target is not None else None, 0, 0)
+        with torch.no_grad(), _saved_tensor_hooks_suspended():
+            return torch.func.vmap(per_row, in_dims=in_dims)(inp_rows, onehot, is_target, traced,
+                                                             untraced)
+
     def step(self, frame, target_drive, target_labels, state, B, ctx, score):
         """Advance every layer one step, update its traces, and put the trace gradients of the
         local losses into ``.grad`` (the readout's loss is handled by the caller)."""
         learner, cells = self.learner, self.cells
         rows = ctx[0]
         N = B + target_drive.shape[0]
-        inp = None
-        out = None
+        C = learner.num_classes
+        inp = out = None
         for l, cell in enumerate(cells):
             named, axes = self.params[l]
             fields = self.fields[l]
@@ -528,15 +600,12 @@ class _Traces:
                 if l == 0:
                     drive = torch.cat([cell.drive(frame), target_drive.detach().to(frame.dtype)])
                     inp_rows = torch.cat([frame, frame.new_zeros(N - B, *frame.shape[1:])])
-                    onehot = torch.zeros(N, learner.num_classes, dtype=frame.dtype,
-                                         device=frame.device)
+                    onehot = frame.new_zeros(N, C)
                     if rows == "class":
-                        onehot[B:] = torch.eye(learner.num_classes, dtype=frame.dtype,
-                                               device=frame.device)
+                        onehot[B:] = torch.eye(C, dtype=frame.dtype, device=frame.device)
                     else:
-                        lab = target_labels
-                        onehot[B:] = F.one_hot(lab.clamp_min(0), learner.num_classes).to(frame.dtype) \
-                            * (lab >= 0).unsqueeze(1).to(frame.dtype)
+                        onehot[B:] = (F.one_hot(target_labels.clamp_min(0), C).to(frame.dtype)
+                                      * (target_labels >= 0).unsqueeze(1).to(frame.dtype))
                     is_target = torch.zeros(N, 1, dtype=torch.bool, device=frame.device)
                     is_target[B:] = True
                 else:
@@ -545,35 +614,17 @@ class _Traces:
                 out, new_state, local = cell.recur(drive, st)
             traced = tuple(getattr(st, f) for f in fields)
             untraced = {f: getattr(st, f) for f in st._fields if f not in fields}
-            fn = self._row_fn(l)
-            params = {n: p.detach() for n, p in named.items()}
-
-            def per_row(inp_r, oh_r, it_r, traced_r, untraced_r):
-                f_params = lambda p: fn(p, inp_r, oh_r, it_r, traced_r, untraced_r)
-                outs, vjp_fn = torch.func.vjp(f_params, params)
-                eye = [tuple(torch.ones_like(o) if i == k else torch.zeros_like(o)
-                             for i, o in enumerate(outs)) for k in range(len(outs))]
-                immediate = [vjp_fn(c)[0] for c in eye]
-                f_state = lambda *tr: fn(params, inp_r, oh_r, it_r, tr, untraced_r)
-                jac = torch.func.jacfwd(f_state, argnums=tuple(range(len(fields))))(*traced_r)
-                diag = [[torch.diagonal(jac[k][m]) for m in range(len(fields))]
-                        for k in range(len(fields))]
-                return immediate, diag
-
-            in_dims = (0, 0 if onehot is not None else None, 0 if is_target is not None else None,
-                       0, 0)
-            with torch.no_grad(), _saved_tensor_hooks_suspended():
-                immediate, diag = torch.func.vmap(per_row, in_dims=in_dims)(
-                    inp_rows, onehot, is_target, traced, untraced)
-                e_prev = self.e[l]
+            immediate, diag = self.row_jacobians(l, inp_rows, onehot, is_target, traced, untraced)
+            with torch.no_grad():
                 hidden = cell.hidden_size
-                new_e = {}
+                e_prev, new_e = self.e[l], {}
                 for k, fk in enumerate(fields):
                     new_e[fk] = {}
                     for n, p in named.items():
-                        acc = immediate[k][n].clone()
+                        acc = immediate[k][n]
                         for m, fm in enumerate(fields):
-                            acc += self._unit_view(diag[k][m], p.shape, axes[n], hidden) * e_prev[fm][n]
+                            acc = acc + self._unit_view(diag[k][m], p.shape, axes[n], hidden) \
+                                * e_prev[fm][n]
                         new_e[fk][n] = acc
                 self.e[l] = new_e
             state[l] = _detach(new_state)

@@ -379,3 +379,33 @@ def test_learns_a_cue_recall_task_well_above_chance(rng):
     x, y = _cue_task(rng, 500)
     accuracy = (learner.predict(x)[:, -1].argmax(-1) == y).float().mean().item()
     assert accuracy > 0.8, accuracy  # chance: 0.25
+
+
+@pytest.mark.parametrize("name", ["rnn", "gru", "lstm", "lif"])
+def test_trace_diagonals_equal_the_jacobian_diagonal(name, rng):
+    """The cheap diagonal (row sums minus the closed-form off-diagonal part) equals the diagonal
+    of the full one-step Jacobian computed by jacfwd, for dense recurrent matrices."""
+    model = _model(name, layers=2, hidden=6, dtype=torch.float64)
+    learner = _learner(model, traces=True)
+    traces = learner._traces
+    cell = model.cells[1]
+    n = 5
+    inp = torch.randn(n, 6, generator=rng, dtype=torch.float64)
+    st = cell.initial_state(n, dtype=torch.float64)
+    st = type(st)(*(torch.randn(n, 6, generator=rng, dtype=torch.float64) for _ in st))
+    if name == "lif":
+        st = st._replace(z=(st.z > 0).double())
+    fields = traces.fields[1]
+    traced = tuple(getattr(st, f) for f in fields)
+    untraced = {f: getattr(st, f) for f in st._fields if f not in fields}
+    _, diag = traces.row_jacobians(1, inp, None, None, traced, untraced)
+    for row in range(n):
+        def f(*tr):
+            values = {**{k: v[row] for k, v in untraced.items()}, **dict(zip(fields, tr))}
+            state = type(st)(*(values[k][None] for k in st._fields))
+            _, new, _ = cell.recur(cell.drive(inp[row][None]), state)
+            return tuple(getattr(new, k)[0] for k in fields)
+        jac = torch.func.jacfwd(f, argnums=tuple(range(len(fields))))(*(t[row] for t in traced))
+        for k in range(len(fields)):
+            for m in range(len(fields)):
+                torch.testing.assert_close(diag[k][m][row], torch.diagonal(jac[k][m]))
