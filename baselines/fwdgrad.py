@@ -24,8 +24,8 @@ Implementation:
 - The k tangents are batched with ``torch.func.vmap`` over the tangent dimension (``vectorize``,
   default): one pass carries k tangents, k× the state tangents but one Python loop over time.
   ``vectorize=False`` loops over tangents (k passes; each tangent is drawn, used and added into g
-  at once, so memory is that of one tangent); benchmarks/fmd_eprop_fwdgrad.md compares the two
-  (vmap ≈ 2× faster at k = 4 on CPU).
+  at once, so memory is that of one tangent); benchmarks/fmd.md ("e-prop and forward gradient")
+  compares the two (vmap ≈ 2.5× faster at k = 4 on CPU).
 - Cost note (torch 2.11): in forward mode, an op between a dual tensor and a plain one (a Python
   scalar, a ``detach()``-ed tensor, a constant) gives the plain operand an "efficient zero"
   tangent, and ops on those run through Python meta kernels — 0.1–0.5 ms each on CPU. The loss

@@ -6,8 +6,8 @@
 For every method and sequence length it prints, as a markdown table:
 
 - ``learning bytes``: DESIGN.md's training memory — the peak live bytes autograd saves for backward
-  (``measure.SavedTensorMeter``, parameters and input excluded) plus the learner's own state
-  (``learner.state_bytes``: eligibility vectors, tangents).
+  (``measure.train_batch_memory``, as the harness measures it: parameters and input excluded)
+  plus the learner's own state (``learner.state_bytes``: eligibility vectors, tangents).
 - ``alloc peak``: an independent check — the peak of all CPU tensor allocations during one
   ``train_batch`` (the profiler's memory events summed in time order, net of what existed before),
   which also counts temporaries, gradients and optimizer state.
@@ -26,11 +26,12 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from temporal_sigprop import LearnerConfig, make_learner, make_model
-from temporal_sigprop.measure import SavedTensorMeter
+from temporal_sigprop.measure import train_batch_memory
 
 METHODS = {
     "bptt": {},
     "eprop": {},
+    "eprop (presynaptic)": {"lif_trace": "presynaptic"},  # lif only: traces per input unit
     "fwdgrad (vmap)": {"vectorize": True},
     "fwdgrad (loop)": {"vectorize": False},
 }
@@ -83,15 +84,16 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     lengths = [int(s) for s in args.lengths.split(",")]
     methods = [m.strip() for m in args.methods.split(",")]
+    if args.model != "lif":  # lif_trace changes nothing for other cells
+        methods = [m for m in methods if m != "eprop (presynaptic)"]
 
     rows = {}
     for steps in lengths:
         setups = {m: build(m, args, steps) for m in methods}
         for method, (model, learner, x, y) in setups.items():
             learner.train_batch(x, y)  # warm-up (lazy initialisation, optimizer state)
-            with SavedTensorMeter(exclude=[*model.parameters(), x]) as meter:
-                learner.train_batch(x, y)
-            learning = meter.peak + learner.state_bytes
+            saved, own, _ = train_batch_memory(learner, x, y)
+            learning = saved + own
             alloc = allocation_peak(lambda: learner.train_batch(x, y))
             rows[method, steps] = {"learning": learning, "alloc": alloc, "times": []}
         for _ in range(args.repeats):  # interleaved, so that load on the machine hits all alike

@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 from . import harness
 from .errors import ConfigError, IncompatibleError, NonFiniteLossError
 from .harness import TrainConfig
-from .io import append_jsonl, atomic_write_bytes, atomic_write_json
+from .io import append_jsonl, atomic_write_json
 from .learner import LearnerConfig, build_options
 from .registry import METHOD_NAMES, incompatibility, learner_class, make_learner
 
@@ -251,6 +251,10 @@ def apply_overrides(preset: dict, *, tasks=None, models=None, methods=None, seed
             p["defaults"][key] = value
             for t in p["tasks"]:
                 t["overrides"].pop(key, None)
+            if key in ("device", "threads") and p.get("bench"):
+                p["bench"][key] = value  # the scaling runs where the training runs
+    if methods and p.get("bench") and "methods" in p["bench"]:
+        p["bench"]["methods"] = [m for m in p["bench"]["methods"] if m in methods]
     return validate_preset(p)
 
 

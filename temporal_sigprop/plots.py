@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -53,10 +54,22 @@ def save(fig, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _short_number(v: float) -> str:
+    """16, 0.5, 100k, 2M, 1G: tick labels a reader takes in at a glance."""
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:g}{unit}"
+    return f"{v:g}"
+
+
 def _plain_log_axis(axis) -> None:
-    """Log axis labelled 16, 64, 0.5 … rather than 2^4 or 5×10^-1; no minor labels."""
-    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    """Log axis labelled 16, 64, 0.5, 100k … rather than 2^4, 5×10^-1 or 1e+05; no minor labels."""
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _short_number(v)))
     axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _title(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width)) or text
 
 
 def _mean_std(series: list[list[float]]) -> tuple[list[float], list[float]]:
@@ -111,7 +124,7 @@ def learning_curves(cells: list[dict], title: str, path: Path) -> bool:
     for ax in (ax_e, ax_t):
         ax.grid(alpha=0.3)
     ax_e.legend(fontsize=8, loc="best")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_title(title, 110), fontsize=10)
     save(fig, path)
     return True
 
@@ -129,7 +142,7 @@ def anytime_curves(cells: list[dict], title: str, path: Path) -> bool:
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_title(title, 75), fontsize=10)
     save(fig, path)
     return True
 
@@ -154,7 +167,7 @@ def alignment_curves(cells: list[dict], title: str, path: Path) -> bool:
     ax.set_ylabel("cosine with BPTT gradient")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    ax.set_title(title, fontsize=10)
+    ax.set_title(_title(title, 75), fontsize=10)
     save(fig, path)
     return True
 
@@ -211,6 +224,6 @@ def scaling(rows: list[dict], sweep: str, title: str, path: Path) -> bool:
                               markerfacecolor="none", markeredgecolor="black"))
         labels.append(f"{FAILED_LABELS.get(status, status)} (top edge)")
     fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 9), fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_title(title, 140), fontsize=10)
     save(fig, path)
     return True

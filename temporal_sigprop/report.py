@@ -106,12 +106,21 @@ def _cell(c) -> Cell:
 # ============================================================================ analysis
 
 
+def task_labels(specs) -> dict[str, str]:
+    """Short names for task specs: the task's name (``cue_recall``) where no other spec of the
+    report has that name, else the whole spec. The settings table maps each label to its spec."""
+    specs = list(dict.fromkeys(specs))
+    names = [s.split(":", 1)[0] for s in specs]
+    return {s: (n if names.count(n) == 1 else s) for s, n in zip(specs, names)}
+
+
 def groups(cells: list[dict]) -> list[tuple[str, str, list[dict]]]:
-    """Cells grouped by (task, model), in preset order."""
+    """Cells grouped by (task, model), in preset order, with the task's short label."""
+    labels = task_labels(c["task"] for c in cells)
     order: dict[tuple, list] = {}
     for c in cells:
         order.setdefault((c["task"], c["model"]), []).append(c)
-    return [(t, m, cs) for (t, m), cs in order.items()]
+    return [(labels[t], m, cs) for (t, m), cs in order.items()]
 
 
 def winner(cells: list[dict]) -> dict:
@@ -154,7 +163,8 @@ def summary_sentences(results: dict) -> list[str]:
     preset = results["preset"]
     out = []
     methods = preset["methods"]
-    tasks = [t["spec"] for t in preset["tasks"]]
+    labels = task_labels(c["task"] for c in cells)
+    tasks = list(dict.fromkeys(labels[c["task"]] for c in cells))
     models = sorted({c["model"] for c in cells})
     placements = sorted({c["loss_at"] for c in cells})
     budget = len(cells[0]["lr_candidates"]) if cells else 0
@@ -162,7 +172,8 @@ def summary_sentences(results: dict) -> list[str]:
     counts = results.get("counts", {})
     out.append(
         f"{len(methods)} method(s) ({', '.join(methods)}) on {len(tasks)} task(s) "
-        f"({', '.join(tasks)}) with model(s) {', '.join(models)}; the loss "
+        f"({', '.join(tasks)}; sizes and options in the settings table) with model(s) "
+        f"{', '.join(models)}; the loss "
         f"{' / '.join(_placement_text(p) for p in placements)} for every method; "
         f"{len(seeds)} seed(s) per setting; each method's learning rate chosen on validation "
         f"from {budget} candidate(s) with seed {seeds[0]}. "
@@ -197,12 +208,19 @@ def summary_sentences(results: dict) -> list[str]:
                            (c["method"], c["lr_at_edge"]) for c in edge).items()) + ".")
     na = [c for c in cells if c["status"] == "n/a"]
     if na:
-        out.append(f"{len(na)} pair(s) could not run (n/a; the reasons are in the accuracy table): "
-                   + ", ".join(f"{c['method']} × {c['model']} on {c['task']}" for c in na) + ".")
+        by_pair: dict = {}
+        for c in na:
+            by_pair.setdefault((c["method"], c["model"]), []).append(labels[c["task"]])
+        every = len(tasks)
+        out.append(f"{len(na)} method × model × task combination(s) could not run (n/a; each "
+                   f"reason is in the accuracy table): " + "; ".join(
+                       f"{m} × {model} on " + ("every task" if len(ts) == every and every > 1
+                                              else ", ".join(ts))
+                       for (m, model), ts in by_pair.items()) + ".")
     bad = [c for c in cells if c["status"] in ("diverged", "error")]
     if bad:
         out.append("Did not finish: " + "; ".join(
-            f"{c['method']} on {c['task']} ({c['reason']})" for c in bad) + ".")
+            f"{c['method']} on {labels[c['task']]} ({c['reason']})" for c in bad) + ".")
     for task, model, group in groups(cells):
         ref = _ref(group)
         if not ref:
@@ -256,6 +274,15 @@ def _scaling_sentences(rows: list[dict]) -> list[str]:
     if growth:
         out.append("Scaling with sequence length (bench): training memory grew " +
                    ", ".join(growth) + ".")
+    ref = [r for r in rows if r["method"] == "bptt" and r["status"] == "ok"]
+    if ref:
+        steps = max(r["steps"] for r in ref)
+        at = [r for r in rows if r["steps"] == steps and r["method"] != "bptt"
+              and r["status"] == "ok" and r.get("time_ratio_bptt") is not None]
+        if at:
+            out.append(f"Time per step relative to BPTT at T = {steps} (bench, measured in one "
+                       f"go): " + ", ".join(f"{r['method']} {ratio(r['time_ratio_bptt'])}"
+                                            for r in at) + ".")
     if stopped:
         out.append("Not measured in the bench: " + ", ".join(stopped) + ".")
     return out
@@ -410,13 +437,16 @@ def alignment_table(cells: list[dict]) -> Table | None:
 
 def settings_table(results: dict) -> Table:
     preset = results["preset"]
+    labels = task_labels(t["spec"] for t in preset["tasks"])
     rows = []
     for t in preset["tasks"]:
         settings = {**preset["defaults"], **t["overrides"]}
         text = ", ".join(f"{k}={v}" for k, v in settings.items())
         skip = "; ".join(f"{m}: {why}" for m, why in t["skip"].items())
-        rows.append([t["spec"], ", ".join(t["models"]), text or "harness defaults", skip or "–"])
-    return Table(["task", "models", "shared settings (every method)", "skipped by the preset"], rows)
+        rows.append([labels[t["spec"]], t["spec"], ", ".join(t["models"]),
+                     text or "harness defaults", skip or "–"])
+    return Table(["task", "spec (name:options)", "models", "shared settings (every method)",
+                  "skipped by the preset"], rows)
 
 
 def method_table(results: dict) -> Table:
@@ -459,7 +489,6 @@ def environment_table(results: dict) -> Table:
 def make_figures(results: dict, out: Path) -> dict[str, list[Figure]]:
     """Write OUT/plots/*.png; returns the figures per section."""
     figs: dict[str, list[Figure]] = {"curves": [], "anytime": [], "alignment": [], "scaling": []}
-    pdir = out / "plots"
     for task, model, group in groups(results["cells"]):
         slug = f"{_slug(task)}_{model}"
         placement = _placement_text(group[0]["loss_at"])
@@ -490,7 +519,6 @@ def make_figures(results: dict, out: Path) -> dict[str, list[Figure]]:
                     name, f"Training memory, time per step and FLOPs per step against {label} "
                           f"(log–log). Hollow markers on the top edge: points not measured "
                           f"(too slow, out of memory, n/a)."))
-    del pdir
     return figs
 
 
@@ -631,6 +659,11 @@ def _inline_html(text: str) -> str:
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
+def _cell_html(text: str) -> str:
+    """Escaped cell text that may wrap after the separators of a task spec (a,b:c=d)."""
+    return re.sub(r"([,:=])(?=\S)", r"\1<wbr>", html.escape(text))
+
+
 def render_html(doc: list, out: Path, title: str) -> str:
     parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
              f"<title>{html.escape(title)}</title>", f"<style>{CSS}</style></head><body>"]
@@ -647,8 +680,8 @@ def render_html(doc: list, out: Path, title: str) -> str:
                 cells = []
                 for c in map(_cell, row):
                     cls = " ".join(k for k, on in (("bold", c.bold), ("muted", c.muted)) if on)
-                    cells.append(f"<td class=\"{cls}\">{html.escape(c.text)}</td>" if cls
-                                 else f"<td>{html.escape(c.text)}</td>")
+                    cells.append(f"<td class=\"{cls}\">{_cell_html(c.text)}</td>" if cls
+                                 else f"<td>{_cell_html(c.text)}</td>")
                 rule = " class=\"group\"" if index and index in block.group_starts else ""
                 parts.append(f"<tr{rule}>" + "".join(cells) + "</tr>")
             parts.append("</tbody></table>")
@@ -714,9 +747,10 @@ def console_summary(results: dict, out) -> str:
     """What ``tsp compare`` prints at the end."""
     out = Path(out)
     lines = ["", *[f"• {s}" for s in results["summary"]], ""]
-    for c in results["cells"]:
-        text = (acc_text(c.get("test_accuracy_mean"), c.get("test_accuracy_std")) + " %"
-                if c["status"] == "ok" else f"{c['status']} — {c['reason']}")
-        lines.append(f"  {c['task']:<28} {c['model']:<8} {c['method']:<8} {text}")
+    for task, model, group in groups(results["cells"]):
+        for c in group:
+            text = (acc_text(c.get("test_accuracy_mean"), c.get("test_accuracy_std")) + " %"
+                    if c["status"] == "ok" else f"{c['status']} — {c['reason']}")
+            lines.append(f"  {task:<16} {model:<8} {c['method']:<8} {text}")
     lines += ["", f"report: {out / 'report.html'} (and report.md, results.csv, results.json)"]
     return "\n".join(lines)

@@ -316,14 +316,14 @@ class SigProp(Learner):
         """Σ over scored input rows (and leading dims: stacked layers, positions) of the local
         loss on rows ``z [..., B + R, K]``, divided by the step's scored count and positions."""
         o = self.options
-        rows, labels, masks, scale = ctx  # scale: 1 / (scored rows at this step)
+        rows, labels, masks, scale, shift = ctx  # scale: weight / (scored rows at this step)
         z = SL.normalise_rows(z, o.normalize)
         h, s = z[..., :B, :], z[..., B:, :]
         if o.detach_target:
             s = s.detach()
         if o.loss == "ce":
             if rows == "class":
-                loss = SL.class_embedding_ce(h, s, labels, 1.0 / o.temperature)
+                loss = SL.class_embedding_ce(h, s, labels, 1.0 / o.temperature, shift)
             else:
                 loss = SL.batch_similarity_ce(h, s, masks, 1.0 / o.temperature)
         else:
@@ -360,7 +360,17 @@ class SigProp(Learner):
         L = len(cells)
         y = y.to(x.device)
         rows = self._rows(y)
-        R = self.num_classes if rows == "class" else B
+        # Sample rows that follow *sequence* labels are exact copies of the class rows (same drive
+        # P_c at every step, same zero start, same weights), so they are computed once per class:
+        # the batch-similarity CE over B copies equals the class-embedding CE with logits shifted
+        # by log n_c (n_c = rows of class c in the batch), gradients included.
+        compact = rows == "sample" and y.dim() == 1
+        kind = "class" if rows == "class" or compact else "sample"
+        R = self.num_classes if kind == "class" else B
+        shift = None
+        if compact:
+            counts = torch.bincount(y.long(), minlength=self.num_classes).to(x.dtype)
+            shift = counts.log()  # -inf for an absent class: never a candidate
         # Everything label-related is prepared once per batch, not per step.
         local_targets = step_targets(y, T, "every" if o.local_steps == "every" else self.cfg.loss_at)
         readout_targets = step_targets(y, T, self.cfg.loss_at)
@@ -372,10 +382,7 @@ class SigProp(Learner):
         row_t = row_labels.T.contiguous()
         row_mask = (row_t >= 0).unsqueeze(-1).to(x.dtype)
         row_index = row_t.clamp_min(0)
-        per_step_rows = rows == "sample" and y.dim() == 2
         class_labels = torch.arange(self.num_classes, device=x.device)
-        if rows == "sample" and y.dim() == 1:  # constant over the sequence: hoisted
-            fixed_masks = SL.similarity_masks(y.long(), y.long())
         frames = self._frames(x)
         state = list(model.initial_state(B + R, device=x.device, dtype=x.dtype))
         self.state_bytes = self._state_bytes(state, B, R)
@@ -389,18 +396,18 @@ class SigProp(Learner):
         for t in range(T):
             score_local = local_counts[t] > 0
             score_readout = readout_counts[t] > 0
-            if rows == "class":
+            if kind == "class":
                 target_drive, target_labels = self.projection, class_labels
             else:
-                target_drive = self.projection[row_index[t]]
-                if per_step_rows:  # a step without a label gives its row a zero drive
-                    target_drive = target_drive * row_mask[t].view(-1, *[1] * (target_drive.dim() - 1))
+                # a step without a label gives its row a zero drive
+                target_drive = self.projection[row_index[t]] \
+                    * row_mask[t].view(-1, *[1] * (self.projection.dim() - 1))
                 target_labels = row_t[t]
             masks = None
-            if score_local and rows == "sample":
-                masks = fixed_masks if y.dim() == 1 else SL.similarity_masks(local_t[t], target_labels)
+            if score_local and kind == "sample":
+                masks = SL.similarity_masks(local_t[t], target_labels)
             weight = 2.0 * (t + 1) / (T + 1) if o.step_weight == "linear" else 1.0
-            ctx = (rows, local_t[t], masks, weight / max(local_counts[t], 1))
+            ctx = (kind, local_t[t], masks, weight / max(local_counts[t], 1), shift)
             total = None
             if traces is not None:
                 traces.step(frames[t], target_drive, target_labels, state, B, ctx, score_local)

@@ -48,9 +48,14 @@ def normalise_rows(z: torch.Tensor, enabled: bool = True) -> torch.Tensor:
     return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
 
-def class_embedding_ce(h, s, labels, inv_temperature: float):
-    """Σ CE(h · s_classesᵀ / τ, y) over leading dims and rows with ``labels ≥ 0``."""
+def class_embedding_ce(h, s, labels, inv_temperature: float, shift=None):
+    """Σ CE(h · s_classesᵀ / τ + shift, y) over leading dims and rows with ``labels ≥ 0``.
+
+    ``shift = log n_c`` turns it into the batch-similarity CE over ``n_c`` identical copies of
+    each class row (−inf drops an absent class)."""
     logits = (h @ s.transpose(-1, -2)) * inv_temperature  # [..., N, C]
+    if shift is not None:
+        logits = logits + shift
     lead = logits.numel() // (logits.shape[-1] * labels.shape[0])
     targets = labels.repeat(lead) if lead > 1 else labels
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, ignore_index=-1,

@@ -67,7 +67,9 @@ def test_smoke_writes_every_file_and_the_tables_have_every_pair(smoke):
     header, rows = _md_table(md, "| task | model | method | lr")
     assert header[:4] == ["task", "model", "method", "lr (chosen of candidates)"]
     assert "test accuracy %" in header and "val accuracy %" in header
-    assert [(r[0], r[1], r[2]) for r in rows] == pairs
+    labels = report.task_labels(t["spec"] for t in preset["tasks"])
+    assert labels == {"mnist1d": "mnist1d", preset["tasks"][1]["spec"]: "cue_recall"}
+    assert [(r[0], r[1], r[2]) for r in rows] == [(labels[t], m, x) for t, m, x in pairs]
     test_col = header.index("test accuracy %")
     for row, cell in zip(rows, results["cells"]):
         if cell["status"] == "n/a":

@@ -352,7 +352,7 @@ def test_traces_are_exact_for_a_diagonal_recurrence(rng):
     for t in range(6):
         drive = torch.cat([cell.drive(x[:, t]), P])
         _, state, local = cell.recur(drive, state)
-        total = total + learner._local_loss(local, 8, ("class", y, None, 1.0 / 8))
+        total = total + learner._local_loss(local, 8, ("class", y, None, 1.0 / 8, None))
     names = ["cells.0.input_weight", "cells.0.bias", "cells.0.recurrent_weight"]
     ref = torch.autograd.grad(total, [dict(model.named_parameters())[n] for n in names] + [P])
     for n, r in zip(names + ["learner.projection"], ref):
@@ -409,3 +409,19 @@ def test_trace_diagonals_equal_the_jacobian_diagonal(name, rng):
         for k in range(len(fields)):
             for m in range(len(fields)):
                 torch.testing.assert_close(diag[k][m][row], torch.diagonal(jac[k][m]))
+
+
+@pytest.mark.parametrize("loss", ["ce", "cosine"])
+def test_sample_rows_for_sequence_labels_equal_the_explicit_batch_rows(loss, rng):
+    """Sample rows that follow sequence labels are computed once per class (with the log-count
+    logit shift); the explicit B-row path (per-step labels equal to the sequence label) must give
+    the same gradients."""
+    model = _model("gru", dtype=torch.float64)
+    x, y = _batch(rng, model, dtype=torch.float64)
+    y[:2] = 3  # a class present more than once
+    extra = {"detach_target": True, "projection": "fixed"} if loss == "cosine" else {}
+    learner = _learner(model, target_rows="sample", loss=loss, **extra)
+    compact = learner.gradient(x, y)
+    explicit = learner.gradient(x, y[:, None].expand(-1, x.shape[1]).contiguous())
+    for n in compact:
+        torch.testing.assert_close(compact[n], explicit[n])
