@@ -69,6 +69,8 @@ class TrainConfig:
     """Clip each update's gradient norm to this value (0 = off)."""
     device: str = "cpu"
     """Device: cpu or cuda."""
+    eager: bool = False
+    """Disable the CUDA-graph fast path on --device cuda."""
     threads: int = 1
     """Intra-op CPU threads (1 measured fastest for small per-step matrices; 0 = torch default)."""
     data_dir: str | None = None
@@ -215,6 +217,10 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
     model = make_model(cfg.model, task.input_shape, cfg.hidden, cfg.layers, task.num_classes,
                        **cfg.model_options).to(device)
     learner = make_learner(cfg.method, model, cfg.learner_config(), **cfg.options)
+    execution = "eager"
+    if device.type == "cuda":  # sigprop's CUDA-graph chunks unless --eager (fast.py)
+        from .fast import fast_path
+        learner, execution = fast_path(learner, device, eager=cfg.eager)
     steps = task.input_shape[0]
 
     out = Path(cfg.out) if cfg.out else None
@@ -234,6 +240,7 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
         else:
             (out / "metrics.jsonl").unlink(missing_ok=True)
         atomic_write_json(out / "config.json", dataclasses.asdict(cfg))
+    loop["execution"] = execution
     logger = _WandbLogger(cfg) if cfg.wandb else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -343,7 +350,7 @@ def _summary(cfg, task, model, learner, loop, device, steps) -> dict:
         "last_val_accuracy": loop["last_val"], "anytime_test_accuracy": loop["anytime"],
         "spike_rate": spike_rate(model, val_x),
         "device_name": env["device_name"], "torchaudio_version": env["torchaudio_version"],
-        "cpu_count": env["cpu_count"],
+        "cpu_count": env["cpu_count"], "execution": loop.get("execution", "eager"),
     }
 
 

@@ -222,7 +222,7 @@ def test_snap1_refuses_unknown_parameters():
     with pytest.raises(IncompatibleError, match="tau"):
         SnAp1(model)
     video = make_model("convgru", (T, 1, 8, 8), hidden=4, layers=1, num_classes=C)
-    with pytest.raises(IncompatibleError, match="convolutional"):
+    with pytest.raises(IncompatibleError, match="conv"):
         make_learner("snap1", video, LearnerConfig())
 
 
