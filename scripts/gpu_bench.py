@@ -15,13 +15,17 @@ loss placement of --loss-at (default: last step), Adam. Rows:
   sigprop_graph   FastSigProp, CUDA graphs of --chunk steps (input on the GPU)
   sigprop_stream  the same, input streamed from pinned host memory chunk by chunk
   sigprop_compile the same as sigprop_graph with the step's forward (and backward) compiled
+  sigprop_chunks_compile  (only with --rows) the eager chunk function with the step compiled
 
 Time budget: each (row, T) gets about --budget seconds of timed work. Per-step learners whose full
 sequence would not fit are timed on the first n steps (n ≥ 2 chunks) and the per-step time is
 extrapolated (their cost per step does not depend on T; the row says so, and its peak memory is
 then the peak at n steps). BPTT rows always run the full T (their memory grows with T); they use
 fewer repeats instead. Peak memory is torch.cuda.max_memory_allocated during the timed calls,
-everything included (parameters, optimizer state, the input batch on the GPU: B·T·F·4 bytes).
+everything included (parameters, optimizer state, the input batch on the GPU: B·T·F·4 bytes);
+peak reserved is printed beside it because a CUDA graph's working memory lives in its private
+pool (reserved, not "allocated" during replay). The compile rows run after everything else, and
+the table is printed before them too, so a slow compilation never costs the other figures.
 Also printed: aten ops per step of sigprop's step by phase (forward / backward / optimizer), and
 on CUDA the kernels per step (torch.profiler), which is what bounds the GPU time.
 """
@@ -47,6 +51,7 @@ from temporal_sigprop.fast import FastSigProp, graph_reason  # noqa: E402
 
 ROWS = ("cudnn_infer", "cudnn_bptt", "bptt", "sigprop_eager", "sigprop_chunks", "sigprop_graph",
         "sigprop_stream", "sigprop_compile")
+EXTRA_ROWS = ("sigprop_chunks_compile",)  # only with --rows
 LABELS = {
     "cudnn_infer": "cuDNN nn.GRU inference",
     "cudnn_bptt": "cuDNN nn.GRU BPTT",
@@ -56,9 +61,11 @@ LABELS = {
     "sigprop_graph": "sigprop fast path (graph)",
     "sigprop_stream": "sigprop fast, host input",
     "sigprop_compile": "sigprop fast + compile",
+    "sigprop_chunks_compile": "sigprop chunk fn + compile",
 }
 PER_STEP = {"sigprop_eager", "sigprop_chunks", "sigprop_graph", "sigprop_stream",
-            "sigprop_compile"}
+            "sigprop_compile", "sigprop_chunks_compile"}
+COMPILED = ("sigprop_compile", "sigprop_chunks_compile")
 
 
 def sync(device):
@@ -109,12 +116,17 @@ def build(row, args, T, device):
     learner = make_learner("sigprop", model, cfg)
     if row == "sigprop_eager":
         return learner.train_batch, False
-    if row == "sigprop_chunks":
-        return FastSigProp(learner, chunk=args.chunk, graph=False).train_batch, False
+    if row in ("sigprop_chunks", "sigprop_chunks_compile"):
+        fast = FastSigProp(learner, chunk=args.chunk, graph=False,
+                           compile=row == "sigprop_chunks_compile")
+        return fast.train_batch, False
     why = graph_reason(learner, device)
-    if why:
-        raise NA(f"needs CUDA ({why})" if device.type != "cuda" else why)
-    fast = FastSigProp(learner, chunk=args.chunk, graph=True, compile=row == "sigprop_compile")
+    graph = True
+    if why and device.type != "cuda" and args.simulate_graphs:
+        graph = "simulate"  # dry run of this script's graph rows: capture = keep the Python body
+    elif why:
+        raise NA("needs CUDA" if device.type != "cuda" else why)
+    fast = FastSigProp(learner, chunk=args.chunk, graph=graph, compile=row == "sigprop_compile")
     return fast.train_batch, row == "sigprop_stream"
 
 
@@ -138,19 +150,22 @@ def measure(row, args, T, device):
     x_host = torch.randn(args.batch, T, args.features, generator=g)
     y_host = torch.randint(0, args.classes, (args.batch,), generator=g)
     if host_input:
-        x, y = x_host.pin_memory(), y_host
+        x, y = (x_host.pin_memory() if device.type == "cuda" else x_host), y_host
     else:
         x, y = x_host.to(device), y_host.to(device)
     del x_host
     budget = args.budget
     notes = []
+    owner = getattr(step, "__self__", None)
+    if type(getattr(owner, "_backend", None)).__name__ == "_SimulatedGraphs":
+        notes.append("SIMULATED capture (CPU dry run, not a graph time)")
     if row in PER_STEP:
         warm_calls = 2 if row in ("sigprop_graph", "sigprop_stream", "sigprop_compile") else 1
         n0 = min(T, 2 * args.chunk)
         start = time.perf_counter()
         for _ in range(warm_calls):  # warm-up (and graph capture) on the probe length
             timed(step, x[:, :n0], y, device)
-        if row == "sigprop_compile":
+        if row in COMPILED:
             notes.append(f"warm-up+compile {time.perf_counter() - start:.0f} s")
         per_step = timed(step, x[:, :n0], y, device) / n0
         n = T
@@ -173,10 +188,41 @@ def measure(row, args, T, device):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     best = min(timed(step, x[:, :n], y, device) for _ in range(repeats))
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    peak = None
+    if device.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device))
     if host_input:
-        notes.append("input on the host (pinned)")
+        notes.append("input on the host" + (" (pinned)" if device.type == "cuda" else ""))
     return best * 1e6 / n, peak, n, "; ".join(notes)
+
+
+def interleaved(rows, args, T, device):
+    """Round-robin timing on a shared, noisy machine: build every row, warm each up, then time one
+    call of each row per round (full T), --repeats rounds; the fastest call per row counts. Load
+    changes then hit every row alike, so the ratios hold even when absolute times drift."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(args.batch, T, args.features, generator=g).to(device)
+    y = torch.randint(0, args.classes, (args.batch,), generator=g).to(device)
+    steps = {}
+    for row in rows:
+        try:
+            step, _ = build(row, args, T, device)
+        except NA as why:
+            print(f"T={T:<5} {LABELS[row]:<26} n/a — {why}")
+            continue
+        for _ in range(2 if row in ("sigprop_graph", "sigprop_stream", "sigprop_compile") else 1):
+            timed(step, x, y, device)
+        steps[row] = step
+    best = {row: float("inf") for row in steps}
+    for _ in range(args.repeats):
+        for row, step in steps.items():
+            best[row] = min(best[row], timed(step, x, y, device))
+    ref = best.get(rows[0])
+    for row in steps:
+        per = best[row] * 1e6 / T
+        ratio = f"  × {rows[0]}: {best[row] / ref:.3f}" if ref else ""
+        print(f"T={T:<5} {LABELS[row]:<26} {per:10.1f} µs/step{ratio}  (fastest of "
+              f"{args.repeats} interleaved rounds)", flush=True)
 
 
 # --------------------------------------------------------------------------- op / kernel counts
@@ -190,11 +236,14 @@ class _OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
         self.in_optimizer = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view and func.overloadpacket.__name__ not in ("detach", "alias"):
+        name = func.overloadpacket.__name__
+        # views and profiler markers launch nothing
+        if not func.is_view and name not in ("detach", "alias") \
+                and not name.startswith("_record_function"):
             phase = "optimizer" if self.in_optimizer else \
                 "backward" if torch._C._current_graph_task_id() != -1 else "forward"
             self.counts[phase] += 1
-            self.by_op[func.overloadpacket.__name__] += 1
+            self.by_op[name] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -270,16 +319,26 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="timed calls; the fastest counts")
     parser.add_argument("--budget", type=float, default=10.0,
                         help="seconds of timed work per row and T (slow rows are truncated)")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
-    parser.add_argument("--no-compile", action="store_true", help="skip sigprop_compile")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS + EXTRA_ROWS)
+    parser.add_argument("--no-compile", action="store_true", help="skip the compile rows")
+    parser.add_argument("--sweep-chunk", type=int, nargs="*", default=[16, 256],
+                        help="extra sigprop_graph rows at the first T with these K (default 16 256)")
     parser.add_argument("--no-counts", action="store_true", help="skip the op/kernel counts")
+    parser.add_argument("--interleave", action="store_true",
+                        help="time the --rows round-robin at full T and print ratios to the "
+                             "first row (for a shared, noisy machine); no table, no budget")
+    parser.add_argument("--max-seconds", type=float, default=420.0,
+                        help="start no new row after this many seconds (unattended runs)")
+    parser.add_argument("--simulate-graphs", action="store_true",
+                        help="without CUDA: run the graph rows with a simulated capture (a dry "
+                             "run of the script's logic; the times are not graph times)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes for a dry run (B=8, H=16, T=24 and 48, chunk 8)")
     args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.hidden, args.steps, args.chunk = 8, 16, [24, 48], 8
         args.budget, args.repeats = min(args.budget, 2.0), min(args.repeats, 2)
-    rows = [r for r in args.rows if not (args.no_compile and r == "sigprop_compile")]
+    rows = [r for r in args.rows if not (args.no_compile and r in COMPILED)]
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -288,6 +347,10 @@ def main(argv=None):
     print(f"# GRU {args.layers}×{args.hidden}, batch {args.batch}, {args.features} features, "
           f"{args.classes} classes, loss at {args.loss_at}, chunk K={args.chunk}, "
           f"T={args.steps}, fastest of ≤{args.repeats}, budget {args.budget:g} s/row", flush=True)
+    if args.interleave:
+        for T in args.steps:
+            interleaved(rows, args, T, device)
+        return 0
     if not args.no_counts:
         try:
             for line in op_counts(args, device):
@@ -295,43 +358,70 @@ def main(argv=None):
         except Exception as err:  # noqa: BLE001
             print(f"# op counts failed: {err!r}", flush=True)
 
+    # jobs: (result key, row kind, T, chunk); the compile rows last, after a first table, so a
+    # slow or failing compilation cannot cost the other figures
+    jobs = [((row, T), row, T, args.chunk) for T in args.steps for row in rows
+            if row not in COMPILED]
+    if "sigprop_graph" in rows and (device.type == "cuda" or args.simulate_graphs):
+        jobs += [((f"sigprop fast path K={K}", args.steps[0]), "sigprop_graph", args.steps[0], K)
+                 for K in args.sweep_chunk]
+    late = [((row, T), row, T, args.chunk) for T in args.steps for row in rows
+            if row in COMPILED]
     results = {}
-    for T in args.steps:
-        for row in rows:
-            start = time.perf_counter()
-            try:
-                us, peak, n, note = measure(row, args, T, device)
-                results[row, T] = (us, peak, note)
-            except NA as why:
-                results[row, T] = (None, None, f"n/a — {why}")
-            except Exception as err:  # noqa: BLE001 - one failing row must not lose the others
-                traceback.print_exc(limit=3)
-                results[row, T] = (None, None, f"failed: {type(err).__name__}: {err}"[:160])
-            finally:
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            us, peak, note = results[row, T]
-            shown = f"{us:10.1f} µs/step" if us is not None else " " * 16
-            mem = f"{peak / 2**20:9.1f} MiB" if peak is not None else ""
-            print(f"T={T:<5} {LABELS[row]:<26} {shown} {mem}  {note}  "
-                  f"[{time.perf_counter() - start:.1f} s]", flush=True)
+    began = time.perf_counter()
+    for batch_of_jobs in (jobs, late):
+        for key, row, T, chunk in batch_of_jobs:
+            run_job(results, key, row, T, argparse.Namespace(**{**vars(args), "chunk": chunk}),
+                    device, began)
+        print_table(results, args, name, [j[0] for j in jobs + late])
+    return 0
 
-    # the table, last
+
+def run_job(results, key, row, T, args, device, began):
+    start = time.perf_counter()
+    if start - began > args.max_seconds:
+        results[key] = (None, None, f"skipped: past --max-seconds {args.max_seconds:g}")
+    else:
+        try:
+            us, peak, n, note = measure(row, args, T, device)
+            results[key] = (us, peak, note)
+        except NA as why:
+            results[key] = (None, None, f"n/a — {why}")
+        except Exception as err:  # noqa: BLE001 - one failing row must not lose the others
+            traceback.print_exc(limit=3)
+            results[key] = (None, None, f"failed: {type(err).__name__}: {err}"[:160])
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    us, peak, note = results[key]
+    shown = f"{us:10.1f} µs/step" if us is not None else " " * 16
+    mem = f"{peak[0] / 2**20:9.1f} MiB (reserved {peak[1] / 2**20:.1f})" if peak is not None else ""
+    label = LABELS.get(key[0], key[0])
+    print(f"T={T:<5} {label:<26} {shown} {mem}  {note}  [{time.perf_counter() - start:.1f} s]",
+          flush=True)
+
+
+def print_table(results, args, name, keys):
     print()
     print(f"## {name}, B={args.batch}, H={args.hidden}, {args.layers} layers, "
-          f"{args.features} features, loss at {args.loss_at}, K={args.chunk}")
-    print("| T | what | µs per step | × cuDNN BPTT | peak GPU memory | × cuDNN BPTT | note |")
-    print("|---|---|---|---|---|---|---|")
-    for T in args.steps:
+          f"{args.features} features, loss at {args.loss_at}, K={args.chunk} unless named")
+    print("| T | what | µs per step | × cuDNN BPTT | peak GPU memory (allocated) | × cuDNN BPTT "
+          "| peak reserved | note |")
+    print("|---|---|---|---|---|---|---|---|")
+    for key in keys:
+        if key not in results:
+            continue
+        row, T = key
         ref_us, ref_peak, _ = results.get(("cudnn_bptt", T), (None, None, ""))
-        for row in rows:
-            us, peak, note = results[row, T]
-            t_ratio = f"{us / ref_us:.2f}" if us is not None and ref_us else "—"
-            m_ratio = f"{peak / ref_peak:.3f}" if peak is not None and ref_peak else "—"
-            us_s = f"{us:.1f}" if us is not None else "n/a"
-            mem = f"{peak / 2**30:.3f} GiB" if peak is not None else "—"
-            print(f"| {T} | {LABELS[row]} | {us_s} | {t_ratio} | {mem} | {m_ratio} | {note} |")
-    return 0
+        us, peak, note = results[key]
+        t_ratio = f"{us / ref_us:.2f}" if us is not None and ref_us else "—"
+        m_ratio = f"{peak[0] / ref_peak[0]:.4f}" if peak is not None and ref_peak else "—"
+        us_s = f"{us:.1f}" if us is not None else "n/a"
+        mem = f"{peak[0] / 2**30:.3f} GiB" if peak is not None else "—"
+        res = f"{peak[1] / 2**30:.3f} GiB" if peak is not None else "—"
+        print(f"| {T} | {LABELS.get(row, row)} | {us_s} | {t_ratio} | {mem} | {m_ratio} | {res} "
+              f"| {note} |")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":

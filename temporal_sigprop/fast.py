@@ -49,6 +49,7 @@ labels ``y [B, T]`` fall back batch by batch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -65,12 +66,25 @@ from .sigprop import SigProp
 NAN_CHECKS = ("chunk", "batch", "off")
 
 
+#: SigProp options this module knows. An option added to SigPropOptions later is accepted only at
+#: its default value (assumed to keep the old behaviour; tests/test_fast.py checks equality).
+KNOWN_OPTIONS = frozenset({
+    "target_rows", "loss", "temperature", "normalize", "detach_target", "projection",
+    "projection_scale", "schedule", "update_k", "prediction", "spike_mode", "surrogate_width",
+    "local_steps", "step_weight", "traces", "single_optimizer", "fused_optimizer",
+    "per_layer_backward"})
+
+
 # --------------------------------------------------------------------------- what is supported
 def unsupported_reason(learner) -> str | None:
     """Why ``learner``'s configuration cannot run chunked (None if it can)."""
     if not isinstance(learner, SigProp):
         return f"the fast path implements sigprop only; {getattr(learner, 'name', learner)} runs eager"
     o, cfg = learner.options, learner.cfg
+    for f in dataclasses.fields(o):
+        if f.name not in KNOWN_OPTIONS and getattr(o, f.name) != f.default:
+            return (f"--{f.name.replace('_', '-')} is newer than the fast path (only its default "
+                    "is accepted)")
     if o.traces:
         return ("--traces computes per-row Jacobians with torch.func/vmap each step; the fast "
                 "path implements the one-step local gradient only")
@@ -113,6 +127,8 @@ def fast_path(learner, device, *, eager: bool = False, **options):
     """The harness's switch: ``(learner to train with, note)``. On CUDA, unless ``eager``, wrap a
     supported sigprop learner in ``FastSigProp``; otherwise return it unchanged with the reason."""
     device = torch.device(device)
+    if not isinstance(learner, SigProp):
+        return learner, "eager"
     if eager:
         return learner, "eager (--eager)"
     if device.type != "cuda":

@@ -142,6 +142,17 @@ def winner(cells: list[dict]) -> dict:
             "why": "" if gap > 0 else "within the seed spread"}
 
 
+def _clearly_below(cells: list[dict], best: dict | None) -> list[dict]:
+    """Finished methods whose mean + std lies under the best's mean − std (≥ 2 seeds each)."""
+    if best is None or best.get("test_accuracy_std") is None:
+        return []
+    floor = best["test_accuracy_mean"] - best["test_accuracy_std"]
+    below = [c for c in cells if c is not best and c["status"] == "ok"
+             and c.get("test_accuracy_std") is not None
+             and c["test_accuracy_mean"] + c["test_accuracy_std"] < floor]
+    return sorted(below, key=lambda c: -c["test_accuracy_mean"])
+
+
 def _ref(cells: list[dict]) -> dict | None:
     return next((c for c in cells if c["method"] == "bptt" and c["status"] == "ok"), None)
 
@@ -199,6 +210,11 @@ def summary_sentences(results: dict) -> list[str]:
                 f"{'' if w['why'] == 'within the seed spread' else ' (' + w['why'] + ')'}; highest means "
                 f"{best['method']} {acc_text(best['test_accuracy_mean'], best['test_accuracy_std'])}% and "
                 f"{second['method']} {acc_text(second['test_accuracy_mean'], second['test_accuracy_std'])}%.")
+        below = [c for c in _clearly_below(group, best) if c is not second or not w["decided"]]
+        if below:
+            out[-1] += (f" Below {best['method']} by more than the seed spread: " + ", ".join(
+                f"{c['method']} {acc_text(c['test_accuracy_mean'], c['test_accuracy_std'])}%"
+                for c in below) + ".")
     edge = [c for c in cells if c["status"] == "ok" and c.get("lr_at_edge")]
     if edge:
         out.append(f"{len(edge)} of {sum(c['status'] == 'ok' for c in cells)} finished pairs chose "

@@ -79,10 +79,10 @@ class SigPropOptions:
     """Target rows: 'class' (one per class), 'sample' (one per sample, follows its label) or 'auto' (class for sequence labels, sample for per-step labels)."""
     loss: str = "ce"
     """Local loss: 'ce' (class-embedding CE with class rows, multi-positive batch-similarity CE with sample rows), 'l2' or 'cosine' (these two need --detach-target)."""
-    temperature: float = 0.1
+    temperature: float = 1.0
     """Temperature τ of the similarity logits h·sᵀ/τ (and of nearest-row prediction)."""
-    normalize: bool = True
-    """L2-normalise each row of h and s (per row and position; rows never mix) before comparing them."""
+    normalize: bool = False
+    """L2-normalise each row of h and s (per row and position; rows never mix) before comparing them (then try --temperature 0.1)."""
     detach_target: bool = False
     """Stop the gradient on the target side s of the local loss (required for l2/cosine)."""
     projection: str = "learned"

@@ -81,7 +81,8 @@ def test_chunks_equal_train_batch_in_float32(rng, chunk):
     ("discrete", {}), ("mlp", {}), ("convgru", {}),
     ("gru", {"target_rows": "sample"}), ("gru", {"step_weight": "linear"}),
     ("gru", {"projection": "fixed"}), ("gru", {"single_optimizer": True}),
-    ("gru", {"fused_optimizer": False}), ("gru", {"normalize": False}),
+    ("gru", {"fused_optimizer": False}), ("gru", {"normalize": True, "temperature": 0.1}),
+    ("gru", {"normalize": False, "temperature": 0.5}),
     ("gru", {"projection": "fixed", "detach_target": True}),
 ])
 def test_chunks_equal_train_batch_across_cells_and_options(rng, name, options):
@@ -183,6 +184,7 @@ def test_other_methods_and_cpu_stay_eager():
     model = make_model("gru", (5, 3), hidden=6, layers=1, num_classes=3)
     bptt = make_learner("bptt", model)
     assert "sigprop only" in unsupported_reason(bptt)
+    assert fast_path(bptt, "cuda") == (bptt, "eager")
     sig = make_learner("sigprop", model)
     assert unsupported_reason(sig) is None
     assert fast_path(sig, "cpu") == (sig, "eager (the fast path is for --device cuda)")
@@ -253,7 +255,7 @@ def test_cuda_graph_streams_host_inputs_and_flags_nan(rng):
 def test_cuda_harness_uses_the_fast_path_unless_eager():
     from temporal_sigprop import train
     common = dict(task="cue_recall:delay=3,n_train=60,n_test=30", model="gru", hidden=8,
-                  layers=2, epochs=1, batch_size=20, method="sigprop", device="cuda",
+                  layers=2, epochs=2, batch_size=20, method="sigprop", device="cuda",
                   progress=False)
     fast, slow = train(**common), train(**common, eager=True)
     assert fast["execution"].startswith("cuda-graph") and slow["execution"].startswith("eager")
