@@ -33,8 +33,6 @@ on CUDA the kernels per step (torch.profiler), which is what bounds the GPU time
 from __future__ import annotations
 
 import argparse
-import copy
-import math
 import os
 import sys
 import time

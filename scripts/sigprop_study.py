@@ -25,14 +25,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 # variant name -> (sigprop options, overrides of the harness config)
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "default": ({}, {}),
-    "raw-dot": ({"normalize": False, "temperature": 1.0}, {}),
-    "raw-dot-sample": ({"normalize": False, "temperature": 1.0, "target_rows": "sample"}, {}),
-    "norm-tau1": ({"normalize": True, "temperature": 1.0}, {}),
+    # the best found on MNIST-1D (benchmarks/sigprop.md): 4 updates per 40-step sequence
+    "every10-sample": ({"schedule": "every_k", "update_k": 10, "target_rows": "sample"},
+                       {"lr": 2e-3}),
+    "every10-class": ({"schedule": "every_k", "update_k": 10, "target_rows": "class"},
+                      {"lr": 2e-3}),
+    "every10-sample-nearest": ({"schedule": "every_k", "update_k": 10, "target_rows": "sample",
+                                "prediction": "nearest"}, {"lr": 2e-3}),
+    "every10-sample-norm": ({"schedule": "every_k", "update_k": 10, "target_rows": "sample",
+                             "normalize": True, "temperature": 0.1}, {"lr": 2e-3}),
+    "norm-tau0.1": ({"normalize": True, "temperature": 0.1}, {}),
     "norm-tau0.3": ({"normalize": True, "temperature": 0.3}, {}),
-    "tau0.05": ({"temperature": 0.05}, {}),
-    "tau0.2": ({"temperature": 0.2}, {}),
-    "tau0.5": ({"temperature": 0.5}, {}),
+    "norm-tau1": ({"normalize": True, "temperature": 1.0}, {}),
+    "tau3": ({"temperature": 3.0}, {}),
     "sequence": ({"schedule": "sequence"}, {}),
+    "sequence-sample-lr3e-3": ({"schedule": "sequence", "target_rows": "sample"}, {"lr": 3e-3}),
+    "every20-sample-lr3e-3": ({"schedule": "every_k", "update_k": 20, "target_rows": "sample"},
+                              {"lr": 3e-3}),
+    "linear-weight": ({"step_weight": "linear"}, {}),
     "sequence-lr3e-3": ({"schedule": "sequence"}, {"lr": 3e-3}),
     "every10": ({"schedule": "every_k", "update_k": 10}, {}),
     "lr3e-4": ({}, {"lr": 3e-4}),
@@ -68,6 +78,46 @@ def run_variant(name, args, seed):
     curve = [json.loads(line)["test_accuracy"]
              for line in (out / "metrics.jsonl").read_text().splitlines()]
     return summary, curve
+
+
+def explore(args, name, seed):
+    """The exploration loop (no harness): train on the task's training split, and after every
+    epoch print the test accuracy at the last step with *both* predictions (readout and nearest
+    class row), so one run shows both. ``--options`` JSON is added to the variant's options."""
+    import time
+
+    import torch
+
+    from tasks import get_task
+    from temporal_sigprop import LearnerConfig, make_learner, make_model
+
+    torch.set_num_threads(args.threads)
+    options, overrides = VARIANTS[name]
+    options = {**options, **json.loads(args.options)}
+    lr = overrides.get("lr", args.lr)
+    task = get_task(args.task, seed=seed)
+    x_train, y_train = task.train.tensors
+    x_test, y_test = task.test.tensors
+    torch.manual_seed(seed)
+    order = torch.Generator().manual_seed(seed)
+    model = make_model(args.model, task.input_shape, args.hidden, args.layers, task.num_classes)
+    learner = make_learner("sigprop", model, LearnerConfig(lr=lr, loss_at=args.loss_at), **options)
+    start, curve = time.perf_counter(), []
+    for epoch in range(1, args.epochs + 1):
+        perm = torch.randperm(len(x_train), generator=order)
+        for i in range(0, len(x_train), args.batch_size):
+            idx = perm[i:i + args.batch_size]
+            learner.train_batch(x_train[idx], y_train[idx])
+        accs = {}
+        for mode in ("readout", "nearest"):
+            keep, learner.options.prediction = learner.options.prediction, mode
+            logits = learner.predict(x_test)
+            learner.options.prediction = keep
+            accs[mode] = (logits[:, -1].argmax(-1) == y_test).float().mean().item()
+        curve.append(accs)
+        print(f"  {name} seed {seed} epoch {epoch}: test readout {accs['readout']:.3f} "
+              f"nearest {accs['nearest']:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    return curve
 
 
 def bench(args):
@@ -140,6 +190,9 @@ def main(argv=None):
     parser.add_argument("--max-batches", type=int, default=0)
     parser.add_argument("--out", default="runs/sigprop_study")
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
+    parser.add_argument("--explore", action="store_true",
+                        help="own loop (no harness), both predictions after every epoch")
+    parser.add_argument("--options", default="{}", help="JSON added to the variant's options")
     parser.add_argument("--bench", action="store_true",
                         help="time per step vs BPTT and memory vs T instead of training")
     parser.add_argument("--bench-steps", type=int, default=40)
@@ -160,6 +213,11 @@ def main(argv=None):
     print("command: OMP_NUM_THREADS=%s python %s" % (os.environ.get("OMP_NUM_THREADS", "?"),
                                                      " ".join(sys.argv)), flush=True)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.explore:
+        for name in args.variants.split(","):
+            for seed in seeds:
+                explore(args, name, seed)
+        return 0
     rows = []
     for name in args.variants.split(","):
         finals, bests, curves, times = [], [], [], []

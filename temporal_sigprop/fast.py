@@ -56,7 +56,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from . import sigprop_losses as SL
 from .learner import Learner, tensor_bytes
@@ -159,18 +158,27 @@ class FastSigProp(Learner):
     """A SigProp learner run chunk by chunk (eager chunks, or CUDA graphs of them).
 
     ``FastSigProp(learner, chunk=64, graph=None, compile=False, nan_check="chunk")``:
-    ``graph=None`` means CUDA graphs when the model is on CUDA (``"simulate"``: the graph path's
-    buffers and signatures on any device, capture = keep the Python body; for tests); ``compile`` wraps the per-step
-    forward (cell steps + losses) in ``torch.compile`` (its backward is compiled with it);
-    ``nan_check``: read the device's non-finite flag after every chunk (``chunk``: stop at the
-    first bad chunk), once per batch (``batch``) or never (``off``). The learner protocol
-    (``predict``, ``gradient``, ``state_dict``, optimizers) is the wrapped learner's.
+
+    - ``chunk``: K, the steps per chunk (per CUDA graph); T need not be a multiple of K.
+    - ``graph``: None = CUDA graphs when the model is on CUDA, else eager chunks; ``"simulate"``
+      runs the graph path's buffers and signatures on any device with capture = keep the Python
+      body (tests and dry runs).
+    - ``compile``: wrap the per-step forward (cell steps + losses) in ``torch.compile`` (AOT
+      autograd compiles its backward too); True for inductor's default mode, or a mode name.
+    - ``nan_check``: read the device's non-finite flag after every chunk (``"chunk"``: stop at
+      the first bad chunk and report a NaN loss), once per batch (``"batch"``) or never.
+    - ``warmup``: eager runs of a chunk signature before it is captured.
+
+    The learner protocol (``predict``, ``gradient``, ``state_dict``, optimizers) is the wrapped
+    learner's; ``train_batch`` falls back to ``learner.train_batch`` (and says why in
+    ``last_fallback``) for per-step labels, and in graph mode while saved-tensor hooks or a
+    dispatch mode are active (the harness's memory and FLOP measurements on its first batches).
     """
 
     name = "sigprop"
 
-    def __init__(self, learner: SigProp, chunk: int = 64, graph: bool | None = None,
-                 compile: bool = False, nan_check: str = "chunk", warmup: int = 1):
+    def __init__(self, learner: SigProp, chunk: int = 64, graph: bool | str | None = None,
+                 compile: bool | str = False, nan_check: str = "chunk", warmup: int = 1):
         reason = unsupported_reason(learner)
         if reason:
             raise ValueError(f"fast sigprop cannot run this configuration: {reason}")
@@ -201,8 +209,11 @@ class FastSigProp(Learner):
         self._readout_params = set(learner.readout.parameters())
         self._optimizer = self._merged_optimizer(capturable=isinstance(self._backend, _CudaGraphs))
         self._state_fingerprint = None
-        self._forward = torch.compile(self._step_forward, dynamic=False) if compile \
-            else self._step_forward
+        self._forward = self._step_forward
+        if compile:  # True: inductor's default mode; a string: that mode (never "reduce-overhead":
+            # its own CUDA graphs cannot nest in ours)
+            mode = None if compile is True else compile
+            self._forward = torch.compile(self._step_forward, dynamic=False, mode=mode)
         self.compiled = compile
         # graph mode: static buffers per (batch rows, dtype, frame shape); graphs per signature
         self._buffers: dict = {}

@@ -180,6 +180,24 @@ def test_unsupported_configurations_are_refused_with_reasons(rng, options, words
     assert same is learner and note.startswith("eager") and ("CUDA" in note or words[0] in note)
 
 
+def test_an_option_newer_than_the_fast_path_is_accepted_only_at_its_default():
+    import dataclasses
+
+    from temporal_sigprop.sigprop import SigPropOptions
+
+    @dataclasses.dataclass
+    class Newer(SigPropOptions):
+        brand_new: int = 0
+        """An option the fast path does not know."""
+
+    model = make_model("gru", (5, 3), hidden=6, layers=1, num_classes=3)
+    learner = make_learner("sigprop", model)
+    learner.options = Newer()
+    assert unsupported_reason(learner) is None
+    learner.options = Newer(brand_new=1)
+    assert "--brand-new" in unsupported_reason(learner)
+
+
 def test_other_methods_and_cpu_stay_eager():
     model = make_model("gru", (5, 3), hidden=6, layers=1, num_classes=3)
     bptt = make_learner("bptt", model)
