@@ -30,6 +30,8 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
                        {"lr": 2e-3}),
     "every10-class": ({"schedule": "every_k", "update_k": 10, "target_rows": "class"},
                       {"lr": 2e-3}),
+    "every10-sample-wd": ({"schedule": "every_k", "update_k": 10, "target_rows": "sample"},
+                          {"lr": 2e-3, "weight_decay": 0.01}),
     "every10-sample-nearest": ({"schedule": "every_k", "update_k": 10, "target_rows": "sample",
                                 "prediction": "nearest"}, {"lr": 2e-3}),
     "every10-sample-norm": ({"schedule": "every_k", "update_k": 10, "target_rows": "sample",
@@ -71,6 +73,7 @@ def run_variant(name, args, seed):
     cfg = dict(task=args.task, model=args.model, method="sigprop", hidden=args.hidden,
                layers=args.layers, epochs=args.epochs, seed=seed, loss_at=args.loss_at,
                lr=args.lr, batch_size=args.batch_size, threads=args.threads,
+               weight_decay=args.weight_decay,
                max_batches=args.max_batches, out=str(out), progress=False,
                options=dict(options))
     cfg.update(overrides)
@@ -101,7 +104,9 @@ def explore(args, name, seed):
     torch.manual_seed(seed)
     order = torch.Generator().manual_seed(seed)
     model = make_model(args.model, task.input_shape, args.hidden, args.layers, task.num_classes)
-    learner = make_learner("sigprop", model, LearnerConfig(lr=lr, loss_at=args.loss_at), **options)
+    cfg = LearnerConfig(lr=lr, loss_at=args.loss_at,
+                        weight_decay=overrides.get("weight_decay", args.weight_decay))
+    learner = make_learner("sigprop", model, cfg, **options)
     start, curve = time.perf_counter(), []
     for epoch in range(1, args.epochs + 1):
         perm = torch.randperm(len(x_train), generator=order)
@@ -186,6 +191,7 @@ def main(argv=None):
     parser.add_argument("--loss-at", default="last")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batches", type=int, default=0)
     parser.add_argument("--out", default="runs/sigprop_study")

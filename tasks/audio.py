@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import functools
 import math
 import os
 import shutil
@@ -509,6 +510,15 @@ def generate_keywords(n: int, classes: int, seed: int, split: str, *,
     return (torch.cat(waves) if waves else torch.zeros(0, L)), y.long()
 
 
+@functools.lru_cache(maxsize=8)
+def _keyword_features(split: str, count: int, classes: int, data_seed: int, seconds: float,
+                      noise: float, cfg: FeatureConfig):
+    """Features of one generated split, cached in-process: synthesis takes seconds, and a
+    compare builds the same task once per run. Callers must not modify the returned tensors."""
+    wave_, y = generate_keywords(count, classes, data_seed, split, seconds=seconds, noise=noise)
+    return waveform_features(wave_, cfg), y
+
+
 def build_audio_keywords(*, data_dir=None, download=False, seed=0, **options) -> TaskData:
     """The procedural keyword task (see :func:`synthesize_keywords`).
 
@@ -545,11 +555,8 @@ def build_audio_keywords(*, data_dir=None, download=False, seed=0, **options) ->
                         win_ms=_float_option(name, 'win_ms', o['win_ms'], 1.0, 200.0),
                         kind=o['features'], n_mfcc=_int_option(name, 'n_mfcc', o['n_mfcc'], 1))
 
-    feats = {}
-    for split, count in (('train', n_train), ('test', n_test)):
-        wave_, y = generate_keywords(count, classes, data_seed, split, seconds=seconds,
-                                     noise=noise)
-        feats[split] = (waveform_features(wave_, cfg), y)
+    feats = {split: _keyword_features(split, count, classes, data_seed, seconds, noise, cfg)
+             for split, count in (('train', n_train), ('test', n_test))}
     train, val = split_off(*feats['train'], val_fraction, (int(seed), name, 'val'))
     xs = normalise_splits(train[0], val[0], feats['test'][0])
     ys = (train[1], val[1], feats['test'][1])

@@ -62,8 +62,11 @@ def _short_number(v: float) -> str:
     return f"{v:g}"
 
 
-def _plain_log_axis(axis) -> None:
-    """Log axis labelled 16, 64, 0.5, 100k … rather than 2^4, 5×10^-1 or 1e+05; no minor labels."""
+def _plain_log_axis(axis, span_decades: float | None = None) -> None:
+    """Log axis labelled 0.5, 2, 100k … rather than 5×10^-1 or 1e+05; no minor labels. A short
+    axis (under two decades) gets ticks at 1, 2 and 5 of each decade so it has more than one."""
+    if span_decades is not None and span_decades < 2:
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: _short_number(v)))
     axis.set_minor_formatter(ticker.NullFormatter())
 
@@ -210,8 +213,10 @@ def scaling(rows: list[dict], sweep: str, title: str, path: Path) -> bool:
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.margins(x=0.06, y=0.15)  # keep measured points clear of the top-edge markers
-        _plain_log_axis(ax.xaxis)
-        _plain_log_axis(ax.yaxis)
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.0f}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        low, high = ax.get_ylim()
+        _plain_log_axis(ax.yaxis, math.log10(high / low) if low > 0 and high > low else None)
         ax.set_xlabel("sequence length T" if sweep == "length" else "hidden size")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, which="major")
