@@ -56,8 +56,9 @@ def class_embedding_ce(h, s, labels, inv_temperature: float, shift=None):
     logits = (h @ s.transpose(-1, -2)) * inv_temperature  # [..., N, C]
     if shift is not None:
         logits = logits + shift
-    lead = logits.numel() // (logits.shape[-1] * labels.shape[0])
-    targets = labels.repeat(lead) if lead > 1 else labels
+    rows = logits.numel() // logits.shape[-1]
+    # ``labels`` are per row [N] (repeated over the leading dims here) or already [lead·N]
+    targets = labels.repeat(rows // labels.shape[0]) if rows != labels.shape[0] else labels
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets, ignore_index=-1,
                            reduction="sum")
 

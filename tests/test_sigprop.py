@@ -290,7 +290,7 @@ def test_per_step_labels_need_sample_rows(rng):
     y = torch.randint(-1, 4, (8, 6), generator=rng)
     with pytest.raises(ConfigError, match="target-rows sample"):
         _learner(model, target_rows="class").train_batch(x, y)
-    stats = _learner(model).train_batch(x, y)  # auto: sample rows
+    stats = _learner(model).train_batch(x, y)  # default: sample rows
     assert math.isfinite(float(stats["loss"])) and stats["updates"] > 0
 
 
@@ -343,7 +343,7 @@ def test_traces_are_exact_for_a_diagonal_recurrence(rng):
     with torch.no_grad():
         cell.recurrent_weight.copy_(torch.diag(torch.randn(5, generator=rng, dtype=torch.float64)))
     x, y = _batch(rng, model, dtype=torch.float64)
-    learner = _learner(model, traces=True)
+    learner = _learner(model, traces=True, target_rows="class")
     grads = learner.gradient(x, y)
     # reference: the same losses with the state attached through time
     P = learner.projection
@@ -352,12 +352,12 @@ def test_traces_are_exact_for_a_diagonal_recurrence(rng):
     for t in range(6):
         drive = torch.cat([cell.drive(x[:, t]), P])
         _, state, local = cell.recur(drive, state)
-        total = total + learner._local_loss(local, 8, ("class", y, None, 1.0 / 8, None))
+        total = total + learner._local_loss(local, 8, ("class", y, None, 1.0 / 8, None, y))
     names = ["cells.0.input_weight", "cells.0.bias", "cells.0.recurrent_weight"]
     ref = torch.autograd.grad(total, [dict(model.named_parameters())[n] for n in names] + [P])
     for n, r in zip(names + ["learner.projection"], ref):
         torch.testing.assert_close(grads[n], r, rtol=1e-9, atol=1e-12)
-    one_step = _learner(model).gradient(x, y)
+    one_step = _learner(model, target_rows="class").gradient(x, y)
     assert not torch.allclose(one_step["cells.0.recurrent_weight"], ref[2])
 
 
@@ -425,3 +425,16 @@ def test_sample_rows_for_sequence_labels_equal_the_explicit_batch_rows(loss, rng
     explicit = learner.gradient(x, y[:, None].expand(-1, x.shape[1]).contiguous())
     for n in compact:
         torch.testing.assert_close(compact[n], explicit[n])
+
+
+def test_feature_map_loss_is_the_mean_over_positions(rng):
+    """A conv layer's local loss: each position compared on its own, then averaged."""
+    from temporal_sigprop import sigprop_losses as SL
+    B, C, K, H, W = 5, 3, 4, 2, 3
+    maps = torch.randn(B + C, K, H, W, generator=rng, dtype=torch.float64)
+    labels = torch.randint(0, C, (B,), generator=rng)
+    z = SL.rows_last(maps)  # [P, N, K]
+    got = SL.class_embedding_ce(z[:, :B], z[:, B:], labels, 0.5) / (H * W)
+    per_position = [SL.class_embedding_ce(maps[:B, :, i, j], maps[B:, :, i, j], labels, 0.5)
+                    for i in range(H) for j in range(W)]
+    torch.testing.assert_close(got, torch.stack(per_position).mean())
