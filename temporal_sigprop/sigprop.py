@@ -420,7 +420,7 @@ class SigProp(Learner):
                 traces.step(frames[t], target_drive, target_labels, state, B, ctx, score_local)
                 out, pending = traces.top_out, pending or score_local
             else:
-                with torch.set_grad_enabled(score_local or score_readout):
+                with torch.set_grad_enabled(score_local):  # no local loss: no graph needed
                     drive = torch.cat([cells[0].drive(frames[t]), target_drive.to(x.dtype)])
                     zs = []
                     for l, cell in enumerate(cells):
