@@ -2,13 +2,18 @@
 
     OMP_NUM_THREADS=1 python scripts/sigprop_study.py --variants default,sequence --epochs 5
     OMP_NUM_THREADS=1 python scripts/sigprop_study.py --list
+    OMP_NUM_THREADS=1 python scripts/sigprop_study.py --explore --variants every10-sample --epochs 40
+    OMP_NUM_THREADS=1 python scripts/sigprop_study.py --bench --variants default,single-opt
 
 Every variant is one ``temporal_sigprop.train(...)`` call (task, model, width and depth shared;
 ``--task``/``--model``/``--hidden``/``--layers``/``--epochs``/``--seeds``/``--loss-at``/``--lr``
 set them), written under ``--out/<variant>-s<seed>/``; the table lists test accuracy per epoch
 (from ``metrics.jsonl``), the final and best-validation test accuracy, and time per step.
-The figures quoted in ``benchmarks/sigprop.md`` come from this script; the exact command is
-printed at the top of its output.
+``--explore`` is the quick loop used while exploring (no harness; both predictions, readout and
+nearest class row, after every epoch); ``--bench`` times a step against BPTT (interleaved
+repeats) and measures training memory at three sequence lengths. The figures quoted in
+``benchmarks/sigprop.md`` come from this script; the exact command is printed at the top of its
+output.
 """
 
 from __future__ import annotations
@@ -243,7 +248,7 @@ def main(argv=None):
     def fmt(v):
         return f"{statistics.mean(v):.3f}" + (f" ± {statistics.stdev(v):.3f}" if len(v) > 1 else "")
 
-    print(f"\n| variant | final test acc | test acc at best val | ms/step |")
+    print("\n| variant | final test acc | test acc at best val | ms/step |")
     print("|---|---|---|---|")
     for name, finals, bests, times in rows:
         print(f"| {name} | {fmt(finals)} | {fmt(bests)} | {statistics.mean(times):.2f} |")
