@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import warnings
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from temporal_sigprop import LearnerConfig, make_learner, make_model
 from temporal_sigprop.measure import train_batch_memory
+from temporal_sigprop.measure import allocation_peak
 
 METHODS = {
     "bptt": {},
@@ -37,17 +36,6 @@ METHODS = {
 }
 
 
-def allocation_peak(fn) -> int:
-    """Peak of CPU tensor allocations made by ``fn`` (bytes above what was live before)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "profiler clears events at the end…"
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
 
 
 def build(method, args, steps):

@@ -35,11 +35,9 @@ import math
 import statistics
 import sys
 import time
-import warnings
 
 import numpy as np
 import torch
-from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import flop_registry
@@ -49,6 +47,7 @@ from temporal_sigprop.learner import LearnerConfig
 from temporal_sigprop.measure import train_batch_memory
 from temporal_sigprop.models import make_model
 from temporal_sigprop.registry import make_learner
+from temporal_sigprop.measure import allocation_peak
 
 METHODS = ("bptt", "snap1", "rtrl")
 MiB = 2 ** 20
@@ -83,17 +82,6 @@ class FlopCount(TorchDispatchMode):
         return self.matmul + self.pointwise
 
 
-def allocation_peak(fn) -> int:
-    """Peak of CPU tensor allocations made by ``fn`` (bytes above what was live before)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
 
 
 def slope(sizes, values) -> float:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import resource
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -121,3 +123,18 @@ def train_batch_memory(learner, x: torch.Tensor, y: torch.Tensor) -> tuple[int, 
     with SavedTensorMeter(exclude=exclude) as meter:
         stats = learner.train_batch(x, y)
     return meter.peak, learner.state_bytes, stats
+
+
+def allocation_peak(fn) -> int:
+    """Peak bytes of CPU tensor allocations while ``fn`` runs, above what was live before
+    (the profiler's memory events replayed in time order). A cross-check of the saved-tensor
+    meter that sees every allocation, not only what autograd saves."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "profiler clears events at the end…"
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak

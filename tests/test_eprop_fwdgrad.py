@@ -1,15 +1,14 @@
 """e-prop and forward gradients: exact where they must be, approximate where they should be, no
 graph and memory flat in T."""
 
-import warnings
 
 import pytest
 import torch
-from torch.profiler import ProfilerActivity, profile
 
 from temporal_sigprop import LearnerConfig, make_learner, make_model
 from temporal_sigprop.errors import ConfigError, IncompatibleError
 from temporal_sigprop.measure import SavedTensorMeter
+from temporal_sigprop.measure import allocation_peak as _allocation_peak
 
 from baselines.eprop import EProp
 from baselines.fwdgrad import ForwardGradient
@@ -60,17 +59,6 @@ def _spikes(model, x):
     return total
 
 
-def _allocation_peak(fn) -> int:
-    """Peak bytes of CPU tensor allocations while ``fn`` runs (profiler memory events in order)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "profiler clears events at the end…"
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-            fn()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
 
 
 # ====================================================================================== e-prop
