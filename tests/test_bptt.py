@@ -107,3 +107,14 @@ def test_loss_placement_targets():
     n = (every >= 0).sum()
     parts = sequence_loss(logits[:, :2], every[:, :2], n) + sequence_loss(logits[:, 2:], every[:, 2:], n)
     torch.testing.assert_close(full, parts)
+
+
+def test_update_every_chunk_off_applies_once_per_sequence(rng):
+    model, x, y = _setup("gru", rng, steps=12)
+    learner = make_learner("tbptt", model, LearnerConfig(loss_at="every", optimizer="sgd", lr=0.1),
+                           k=4, update_every_chunk=False)
+    grads = learner.gradient(x, y)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert learner.train_batch(x, y)["updates"] == 1
+    for n, p in model.named_parameters():  # one SGD step along the summed chunk gradients
+        torch.testing.assert_close(before[n] - p.detach(), 0.1 * grads[n])
