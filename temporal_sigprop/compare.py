@@ -70,6 +70,7 @@ DEFAULT_PRESET = "quick"
 #: TrainConfig fields a preset may set (globally or per task). The rest are the matrix's axes
 #: (task, model, method, seed, lr), per-method/model options, or belong to the compare itself.
 SETTABLE = ("hidden", "layers", "epochs", "batch_size", "loss_at", "optimizer", "weight_decay",
+            "lr_schedule",
             "grad_clip", "device", "threads", "data_dir", "download", "max_batches",
             "eval_batch_size")
 #: TrainConfig fields that do not change a run's result (left out of the cache key).

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from . import sigprop_losses as SL
-from .learner import Learner, tensor_bytes
+from .learner import Learner, scale_lr, tensor_bytes
 from .models.cells import LIFCell
 from .sigprop import SigProp
 
@@ -235,9 +235,13 @@ class FastSigProp(Learner):
                 hyper = {k: v for k, v in group.items() if k != "params"}
                 if capturable and "capturable" in hyper:
                     hyper["capturable"] = True
+                hyper.setdefault("initial_lr", float(hyper["lr"]))
                 key = repr(sorted(hyper.items(), key=lambda kv: kv[0]))
                 merged.setdefault(key, (hyper, []))[1].extend(group["params"])
         groups = [{**hyper, "params": params} for hyper, params in merged.values()]
+        if capturable:  # a captured float lr would be frozen into the graph; a tensor is read
+            for group in groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
         first = groups[0]
         flags = {k: first[k] for k in ("fused", "foreach", "capturable") if k in first}
         with warnings.catch_warnings():
@@ -279,6 +283,12 @@ class FastSigProp(Learner):
     def load_state_dict(self, state):
         self.learner.load_state_dict(state)
         self._link_state()
+
+    def set_lr_factor(self, factor: float) -> None:
+        """The harness's schedule: the learner's optimizers and the merged one (whose lr is a
+        device tensor when captured in a CUDA graph, updated in place)."""
+        self.learner.set_lr_factor(factor)
+        scale_lr(self._optimizer, factor)
 
     @property
     def update_count(self):

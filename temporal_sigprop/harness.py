@@ -25,11 +25,16 @@ from tqdm.auto import tqdm
 
 from .errors import ConfigError, NonFiniteLossError
 from .io import append_jsonl, atomic_torch_save, atomic_write_json
-from .learner import LearnerConfig
+from .learner import LearnerConfig, cosine_lr_factor
 from .losses import accuracy_per_step
 from .measure import count_flops, peak_rss_bytes, timer, train_batch_memory
 from .models import make_model
-from .registry import make_learner
+from .registry import learner_class, make_learner
+
+LR_SCHEDULES = ("cosine", "constant")
+#: Settings a method may recommend (``Learner.recommended``) for a run that leaves them unset,
+#: and the values used when it does not.
+METHOD_DEFAULTS = {"lr_schedule": "constant", "weight_decay": 0.0}
 
 SUMMARY_KEYS = (
     "task", "model", "method", "seed", "epochs", "loss_at", "val_accuracy", "test_accuracy",
@@ -56,15 +61,17 @@ class TrainConfig:
     batch_size: int = 100
     """Sequences per training batch."""
     lr: float = 1e-3
-    """Learning rate."""
+    """Learning rate (the initial one under --lr-schedule cosine)."""
+    lr_schedule: str | None = None
+    """Learning-rate schedule over all training batches: 'cosine' (decays towards 0 by the last batch) or 'constant' (unset: the method's recommendation — cosine for sigprop, else constant)."""
     seed: int = 0
     """Seed for everything: data split and order, initialisation, the learner's randomness."""
     loss_at: str = "last"
     """Loss placement for every method: 'last' (final step) or 'every' (every step)."""
     optimizer: str = "adam"
     """Optimizer: adam (AdamW, foreach) or sgd."""
-    weight_decay: float = 0.0
-    """Decoupled weight decay."""
+    weight_decay: float | None = None
+    """Decoupled weight decay (unset: the method's recommendation — 0.05 for sigprop, else 0)."""
     grad_clip: float = 0.0
     """Clip each update's gradient norm to this value (0 = off)."""
     device: str = "cpu"
@@ -98,9 +105,19 @@ class TrainConfig:
     model_options: dict = field(default_factory=dict)
     """Extra keyword arguments for the model's cells (e.g. {'tau_mem': 20.0} for lif)."""
 
+    def resolved(self) -> "TrainConfig":
+        """A copy with every unset (None) field in ``METHOD_DEFAULTS`` filled in: the method's
+        own recommendation (``Learner.recommended``), else the harness's fallback."""
+        unset = [name for name in METHOD_DEFAULTS if getattr(self, name) is None]
+        if not unset:
+            return self
+        recommended = {**METHOD_DEFAULTS, **learner_class(self.method).recommended}
+        return dataclasses.replace(self, **{name: recommended[name] for name in unset})
+
     def learner_config(self) -> LearnerConfig:
-        return LearnerConfig(lr=self.lr, loss_at=self.loss_at, optimizer=self.optimizer,
-                             weight_decay=self.weight_decay, grad_clip=self.grad_clip)
+        cfg = self.resolved()
+        return LearnerConfig(lr=cfg.lr, loss_at=cfg.loss_at, optimizer=cfg.optimizer,
+                             weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -206,6 +223,10 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
 
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    cfg = cfg.resolved()  # config.json and the summary record the values actually used
+    if cfg.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"unknown --lr-schedule {cfg.lr_schedule!r}; choose one of: "
+                          f"{', '.join(LR_SCHEDULES)}")
     if cfg.wandb not in (None, "offline", "online"):
         raise ConfigError(f"--wandb must be offline or online, got {cfg.wandb!r}")
     device = torch.device(cfg.device)
@@ -247,15 +268,20 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
 
     if on_epoch_end is not None and loop["epoch"] == 0:
         on_epoch_end(0, learner, task)
+    batches_per_epoch = math.ceil(len(task.train) / cfg.batch_size)
+    if cfg.max_batches:
+        batches_per_epoch = min(batches_per_epoch, cfg.max_batches)
+    total_batches = batches_per_epoch * cfg.epochs
     for epoch in range(loop["epoch"] + 1, cfg.epochs + 1):
         batches = iterate_batches(task.train, cfg.batch_size, data_generator, cfg.max_batches)
-        total = math.ceil(len(task.train) / cfg.batch_size)
-        total = min(total, cfg.max_batches) if cfg.max_batches else total
-        bar = tqdm(batches, total=total, desc=f"{cfg.method} epoch {epoch}/{cfg.epochs}",
+        bar = tqdm(batches, total=batches_per_epoch, desc=f"{cfg.method} epoch {epoch}/{cfg.epochs}",
                    disable=None if cfg.progress else True, leave=False)
         losses = []
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if cfg.lr_schedule == "cosine":
+                # Per batch, from the global step, so a resumed run continues the same curve.
+                learner.set_lr_factor(cosine_lr_factor(loop["global_step"], total_batches))
             if loop["saved_tensor_peak"] is None:
                 # First batch: measure peak live saved tensors (hooks slow it, so it is not timed).
                 saved, own, stats = train_batch_memory(learner, x, y)
@@ -293,7 +319,7 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
         record = {"epoch": epoch, "step": loop["global_step"],
                   "train_loss": float(np.mean(losses)) if losses else None,
                   "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
-                  "train_seconds": loop["timed_seconds"], "peak_rss_bytes": peak_rss_bytes(),
+                  "lr": _current_lr(learner), "train_seconds": loop["timed_seconds"], "peak_rss_bytes": peak_rss_bytes(),
                   **_cuda_memory(device)}
         if on_epoch_end is not None:
             on_epoch_end(epoch, learner, task)
@@ -312,6 +338,13 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
     if logger:
         logger.finish(summary)
     return summary
+
+
+def _current_lr(learner) -> float | None:
+    """The learning rate of the learner's first optimizer group (all share the schedule)."""
+    for opt in learner.optimizers().values():
+        return float(opt.param_groups[0]["lr"])
+    return None
 
 
 def _cuda_memory(device: torch.device) -> dict:
@@ -346,6 +379,7 @@ def _summary(cfg, task, model, learner, loop, device, steps) -> dict:
         "status": "ok", "best_epoch": loop["best_epoch"], "steps": steps,
         "label_kind": task.label_kind, "kind": task.kind, "num_classes": task.num_classes,
         "hidden": cfg.hidden, "layers": cfg.layers, "batch_size": cfg.batch_size, "lr": cfg.lr,
+        "lr_schedule": cfg.lr_schedule, "weight_decay": cfg.weight_decay,
         "options": cfg.options, "saved_tensor_peak_bytes": saved, "learner_state_bytes": own,
         "last_val_accuracy": loop["last_val"], "anytime_test_accuracy": loop["anytime"],
         "spike_rate": spike_rate(model, val_x),

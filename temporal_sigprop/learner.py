@@ -13,6 +13,7 @@ dataclass (the CLI turns every field into a flag, so each field needs a one-line
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,6 +53,23 @@ def make_optimizer(params, cfg: LearnerConfig) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
+def scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    """Each param group's lr := ``factor`` × its initial lr (kept in ``initial_lr``, as torch's
+    LR schedulers do, so it is saved with the optimizer). A tensor lr (captured in a CUDA graph)
+    is updated in place."""
+    for group in optimizer.param_groups:
+        base = group.setdefault("initial_lr", float(group["lr"]))
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(base * factor)
+        else:
+            group["lr"] = base * factor
+
+
+def cosine_lr_factor(batch: int, total: int) -> float:
+    """Cosine decay from 1 at the first batch towards 0 after the last: ½(1 + cos(π·batch/total))."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(batch, total) / max(total, 1)))
+
+
 @dataclass
 class NoOptions:
     """This method has no options of its own."""
@@ -63,6 +81,8 @@ class Learner:
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
+    #: Harness settings this method uses when a run leaves them unset (harness.METHOD_DEFAULTS).
+    recommended: ClassVar[dict] = {}
 
     def __init__(self, model: nn.Module, cfg: LearnerConfig | None = None, options=None):
         self.model = model
@@ -89,6 +109,12 @@ class Learner:
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         return {"main": self.optimizer} if hasattr(self, "optimizer") else {}
+
+    def set_lr_factor(self, factor: float) -> None:
+        """Set every optimizer's learning rate to ``factor`` × its initial one (the harness's
+        schedule calls this before each batch)."""
+        for opt in self.optimizers().values():
+            scale_lr(opt, factor)
 
     def state_dict(self) -> dict:
         return {

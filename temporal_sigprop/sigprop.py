@@ -154,6 +154,10 @@ class SigProp(Learner):
 
     name = "sigprop"
     Options = SigPropOptions
+    # With an update at every step (40 per MNIST-1D sequence) a constant lr oscillates late in
+    # training and the local losses over-fit: the decay and the weight decay fix both
+    # (benchmarks/sigprop.md, "Stable every-step default").
+    recommended = {"lr_schedule": "cosine", "weight_decay": 0.05}
 
     def __init__(self, model, cfg=None, options=None):
         super().__init__(model, cfg, options)

@@ -1,13 +1,14 @@
 """The shared harness and the CLI, run for real with tiny settings (cleanrl-style smoke tests)."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
 from baselines.bptt import BPTT
-from temporal_sigprop import NonFiniteLossError, train
+from temporal_sigprop import ConfigError, NonFiniteLossError, train
 from temporal_sigprop.cli import main
 from temporal_sigprop.harness import SUMMARY_KEYS, TrainConfig, run_training
 
@@ -139,13 +140,73 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(tmp_path, monke
 
 
 def test_resume_continues_from_checkpoint(tmp_path):
+    # Extending a finished run by an epoch: a constant lr (a cosine curve depends on --epochs).
     out = tmp_path / "run"
-    full = train(**{**TINY, "epochs": 3}, method="bptt", seed=1)
-    train(**{**TINY, "epochs": 2}, method="bptt", seed=1, out=str(out))
-    resumed = train(**{**TINY, "epochs": 3}, method="bptt", seed=1, out=str(out), resume=True)
+    tiny = {**TINY, "lr_schedule": "constant"}
+    full = train(**{**tiny, "epochs": 3}, method="bptt", seed=1)
+    train(**{**tiny, "epochs": 2}, method="bptt", seed=1, out=str(out))
+    resumed = train(**{**tiny, "epochs": 3}, method="bptt", seed=1, out=str(out), resume=True)
     assert resumed["epochs"] == 3
     assert resumed["test_accuracy"] == full["test_accuracy"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def _lrs(out):
+    return [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_cosine_lr_schedule_decays_per_batch_and_constant_holds(tmp_path):
+    cosine, constant = tmp_path / "cosine", tmp_path / "constant"
+    train(**{**TINY, "epochs": 4}, method="sigprop", lr=2e-3, out=str(cosine))
+    train(**{**TINY, "epochs": 4}, method="sigprop", lr=2e-3, out=str(constant),
+          lr_schedule="constant")
+    # 4 batches per epoch, 16 in all; the lr logged is the one the epoch's last batch used
+    expected = [2e-3 * 0.5 * (1 + math.cos(math.pi * (4 * e - 1) / 16)) for e in (1, 2, 3, 4)]
+    assert _lrs(cosine) == pytest.approx(expected, rel=1e-9)
+    assert _lrs(constant) == [2e-3] * 4
+    summary = json.loads((cosine / "summary.json").read_text())
+    assert summary["lr_schedule"] == "cosine" and summary["lr"] == 2e-3
+
+
+def test_interrupted_cosine_run_resumes_on_the_same_curve(tmp_path):
+    out = tmp_path / "run"
+    tiny = {**TINY, "epochs": 3, "lr_schedule": "cosine"}
+    full = train(**tiny, method="bptt", seed=2, out=str(tmp_path / "full"))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_two(epoch, learner, task):
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run_training(TrainConfig(**tiny, method="bptt", seed=2, out=str(out)),
+                     on_epoch_end=stop_after_two)
+    # the interruption came before epoch 2's checkpoint: the run resumes after epoch 1
+    resumed = train(**tiny, method="bptt", seed=2, out=str(out), resume=True)
+    assert _lrs(out) == _lrs(tmp_path / "full")
+    assert resumed["test_accuracy"] == full["test_accuracy"]
+    assert resumed["val_accuracy"] == full["val_accuracy"]
+
+
+def test_unset_settings_take_the_methods_recommendation(tmp_path):
+    sigprop = train(**TINY, method="sigprop", out=str(tmp_path / "s"))
+    bptt = train(**TINY, method="bptt", out=str(tmp_path / "b"))
+    assert (sigprop["lr_schedule"], sigprop["weight_decay"]) == ("cosine", 0.05)
+    assert (bptt["lr_schedule"], bptt["weight_decay"]) == ("constant", 0.0)
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert (config["lr_schedule"], config["weight_decay"]) == ("cosine", 0.05)
+    # explicit values win, and reach the optimizers
+    cfg = TrainConfig(**TINY, method="sigprop", weight_decay=0.0, lr_schedule="constant")
+    assert (cfg.resolved().weight_decay, cfg.resolved().lr_schedule) == (0.0, "constant")
+    assert cfg.learner_config().weight_decay == 0.0
+    assert TrainConfig(method="sigprop").learner_config().weight_decay == 0.05
+
+
+def test_unknown_lr_schedule_lists_the_choices():
+    with pytest.raises(ConfigError, match="cosine, constant"):
+        train(**TINY, method="bptt", lr_schedule="step")
 
 
 def test_tasks_json(capsys):
