@@ -221,6 +221,20 @@ def test_cli_has_the_eager_switch():
     assert build_parser().parse_args(["train"]).eager is False
 
 
+def test_lr_schedule_reaches_the_chunked_optimizer(rng):
+    """The harness sets the lr before every batch (cosine): the runner's merged optimizer must
+    follow, or the fast path would train at the initial lr."""
+    eager, fast = _pair(rng, chunk=4)
+    unscheduled = copy.deepcopy(eager)
+    for factor in (1.0, 0.5, 0.1):
+        eager.set_lr_factor(factor), fast.set_lr_factor(factor)
+        x, y = _batch(rng, eager.model)
+        eager.train_batch(x, y), fast.train_batch(x, y), unscheduled.train_batch(x, y)
+        assert _max_diff(eager, fast.learner) == 0.0
+    assert all(g["lr"] == pytest.approx(1e-3) for g in fast._optimizer.param_groups)
+    assert _max_diff(eager, unscheduled) > 1e-4  # the schedule did change what was learned
+
+
 # --------------------------------------------------------------------------- graph plumbing
 @pytest.mark.parametrize("loss_at", ["last", "every"])
 def test_simulated_graph_path_equals_eager(rng, loss_at):
@@ -252,6 +266,17 @@ def test_cuda_graph_equals_eager_chunks_and_train_batch(rng, chunk):
     for p, q, r in zip(_params(eager), _params(chunked.learner), _params(graphed.learner)):
         torch.testing.assert_close(r, q, rtol=1e-6, atol=1e-7)  # graph == its eager chunks
         torch.testing.assert_close(r, p, rtol=1e-5, atol=1e-6)  # == the learner, to rounding
+
+
+@cuda
+def test_cuda_graph_replays_follow_the_lr_schedule(rng):
+    eager, graphed = _pair(rng, steps=12, chunk=4, dtype=torch.float32, loss_at="last",
+                           device="cuda", graph=True, lr=3e-3)
+    for factor in (1.0, 0.3, 0.05):  # captured once, replayed at three learning rates
+        eager.set_lr_factor(factor), graphed.set_lr_factor(factor)
+        _train_both(rng, eager, graphed, batches=1, device="cuda")
+        torch.testing.assert_close(_params(graphed.learner), _params(eager), rtol=1e-4, atol=1e-5)
+    assert torch.is_tensor(graphed._optimizer.param_groups[0]["lr"])
 
 
 @cuda
