@@ -71,7 +71,7 @@ KNOWN_OPTIONS = frozenset({
     "target_rows", "loss", "temperature", "normalize", "detach_target", "projection",
     "projection_scale", "schedule", "update_k", "prediction", "spike_mode", "surrogate_width",
     "local_steps", "step_weight", "traces", "single_optimizer", "fused_optimizer",
-    "per_layer_backward"})
+    "per_layer_backward", "readout_lr_scale"})
 
 
 # --------------------------------------------------------------------------- what is supported

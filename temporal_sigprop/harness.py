@@ -274,7 +274,8 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
     total_batches = batches_per_epoch * cfg.epochs
     for epoch in range(loop["epoch"] + 1, cfg.epochs + 1):
         batches = iterate_batches(task.train, cfg.batch_size, data_generator, cfg.max_batches)
-        bar = tqdm(batches, total=batches_per_epoch, desc=f"{cfg.method} epoch {epoch}/{cfg.epochs}",
+        bar = tqdm(batches, total=batches_per_epoch,
+                   desc=f"{cfg.method} epoch {epoch}/{cfg.epochs}",
                    disable=None if cfg.progress else True, leave=False)
         losses = []
         for x, y in bar:
@@ -319,7 +320,8 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
         record = {"epoch": epoch, "step": loop["global_step"],
                   "train_loss": float(np.mean(losses)) if losses else None,
                   "val_accuracy": val["accuracy"], "test_accuracy": test["accuracy"],
-                  "lr": _current_lr(learner), "train_seconds": loop["timed_seconds"], "peak_rss_bytes": peak_rss_bytes(),
+                  "lr": _current_lr(learner), "train_seconds": loop["timed_seconds"],
+                  "peak_rss_bytes": peak_rss_bytes(),
                   **_cuda_memory(device)}
         if on_epoch_end is not None:
             on_epoch_end(epoch, learner, task)

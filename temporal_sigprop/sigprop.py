@@ -102,8 +102,8 @@ class SigPropOptions:
     """When layers update: 'every_step', 'every_k' (every --update-k steps) or 'sequence' (once, local gradients summed over the sequence)."""
     update_k: int = 10
     """Steps between updates for schedule 'every_k'."""
-    prediction: str = "readout"
-    """Prediction at every step: 'readout' (the learner's linear readout on the top layer) or 'nearest' (most similar class row)."""
+    prediction: str = "nearest"
+    """Prediction at every step: 'nearest' (the most similar class target row, run through the same layers) or 'readout' (the learner's linear readout on the top layer)."""
     spike_mode: str = "voltage"
     """lif only: the local loss acts on the membrane potential ('voltage') or on σ((v−θ)/width) beside the spike ('surrogate')."""
     surrogate_width: float = 0.5
@@ -114,6 +114,8 @@ class SigPropOptions:
     """Weight of step t's local losses: 'uniform', or 'linear' (2(t+1)/(T+1): late steps, which have seen more of the sequence, count more; mean weight 1)."""
     traces: bool = False
     """Per-layer SnAp-1 eligibility traces of each layer's own parameters: local losses credit earlier steps (O(B·p) per layer)."""
+    readout_lr_scale: float = 1.0
+    """The readout's learning rate as a multiple of --lr (the layers update at every step; the readout only where --loss-at scores)."""
     single_optimizer: bool = False
     """One optimizer over all layers instead of one per layer (the same update for Adam; fewer kernel launches)."""
     fused_optimizer: bool = True
@@ -177,11 +179,14 @@ class SigProp(Learner):
         if o.projection == "learned":
             self._groups["layer0"].append(self.projection)
         self._groups["readout"] = list(self.readout.parameters())
+        lr_of = {k: self.cfg.lr * (o.readout_lr_scale if k == "readout" else 1.0)
+                 for k in self._groups}
         if o.single_optimizer:
             self._optimizers = {"all": self._make_optimizer(
-                [p for g in self._groups.values() for p in g])}
+                [{"params": g, "lr": lr_of[k]} for k, g in self._groups.items()])}
         else:
-            self._optimizers = {k: self._make_optimizer(g) for k, g in self._groups.items()}
+            self._optimizers = {k: self._make_optimizer([{"params": g, "lr": lr_of[k]}])
+                                for k, g in self._groups.items()}
         self._traces = _Traces(self) if o.traces else None
         #: number of optimizer-step events (all layers together) since construction
         self.update_count = 0
@@ -195,6 +200,8 @@ class SigProp(Learner):
                                   f"{', '.join(choices)}; got {getattr(o, field)!r}")
         if o.temperature <= 0:
             raise ConfigError(f"sigprop --temperature must be > 0, got {o.temperature}")
+        if o.readout_lr_scale <= 0:
+            raise ConfigError(f"sigprop --readout-lr-scale must be > 0, got {o.readout_lr_scale}")
         if o.update_k < 1:
             raise ConfigError(f"sigprop --update-k must be ≥ 1, got {o.update_k}")
         if o.surrogate_width <= 0:

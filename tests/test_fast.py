@@ -84,6 +84,7 @@ def test_chunks_equal_train_batch_in_float32(rng, chunk):
     ("gru", {"fused_optimizer": False}), ("gru", {"normalize": True, "temperature": 0.1}),
     ("gru", {"normalize": False, "temperature": 0.5}),
     ("gru", {"projection": "fixed", "detach_target": True}),
+    ("gru", {"readout_lr_scale": 10.0}), ("gru", {"readout_lr_scale": 10.0, "single_optimizer": True}),
 ])
 def test_chunks_equal_train_batch_across_cells_and_options(rng, name, options):
     eager, fast = _pair(rng, name=name, steps=7, **options)

@@ -101,7 +101,7 @@ def test_step_t_loss_gives_no_gradient_to_earlier_steps(rng):
 
 def test_labels_never_reach_the_input_path(rng, monkeypatch):
     model = _model("lstm")
-    learner = _learner(model, loss_at="every")
+    learner = _learner(model, loss_at="every", prediction="readout")  # records the readout input
     x, y = _batch(rng, model)
     records = []
     readout_forward = learner.readout.forward
@@ -212,6 +212,29 @@ def test_single_optimizer_equals_per_layer_optimizers(rng):
         results.append([p.detach().clone() for p in [*model.parameters(), *learner.own_parameters()]])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_readout_lr_scale_changes_the_readout_step_only(rng, single):
+    """SGD makes the step size visible: with the scale, the readout moves scale × as far, and
+    every layer exactly as far as without it."""
+    x, y = _batch(rng, _model("gru"))
+    moved = []
+    for scale in (1.0, 4.0):
+        torch.manual_seed(0)
+        model = _model("gru")
+        learner = _learner(model, optimizer="sgd", lr=0.1, readout_lr_scale=scale,
+                           single_optimizer=single, schedule="sequence")
+        before = [p.detach().clone() for p in [*model.parameters(), *learner.own_parameters()]]
+        learner.train_batch(x, y)
+        after = [*model.parameters(), *learner.own_parameters()]
+        moved.append([(a.detach() - b) for a, b in zip(after, before)])
+    readout = len(list(learner.readout.parameters()))
+    for one, scaled in zip(moved[0][:-readout], moved[1][:-readout]):
+        torch.testing.assert_close(scaled, one)
+    for one, scaled in zip(moved[0][-readout:], moved[1][-readout:]):
+        assert one.abs().sum() > 0
+        torch.testing.assert_close(scaled, 4.0 * one)
 
 
 def test_per_layer_backward_gives_the_same_gradient(rng):
