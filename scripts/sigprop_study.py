@@ -78,7 +78,7 @@ def run_variant(name, args, seed):
     cfg = dict(task=args.task, model=args.model, method="sigprop", hidden=args.hidden,
                layers=args.layers, epochs=args.epochs, seed=seed, loss_at=args.loss_at,
                lr=args.lr, batch_size=args.batch_size, threads=args.threads,
-               weight_decay=args.weight_decay,
+               weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
                max_batches=args.max_batches, out=str(out), progress=False,
                options=dict(options))
     cfg.update(overrides)
@@ -98,6 +98,7 @@ def explore(args, name, seed):
 
     from tasks import get_task
     from temporal_sigprop import LearnerConfig, make_learner, make_model
+    from temporal_sigprop.sigprop import SigProp
 
     torch.set_num_threads(args.threads)
     options, overrides = VARIANTS[name]
@@ -109,8 +110,10 @@ def explore(args, name, seed):
     torch.manual_seed(seed)
     order = torch.Generator().manual_seed(seed)
     model = make_model(args.model, task.input_shape, args.hidden, args.layers, task.num_classes)
+    decay = args.weight_decay if args.weight_decay is not None \
+        else SigProp.recommended["weight_decay"]
     cfg = LearnerConfig(lr=lr, loss_at=args.loss_at,
-                        weight_decay=overrides.get("weight_decay", args.weight_decay))
+                        weight_decay=overrides.get("weight_decay", decay))
     learner = make_learner("sigprop", model, cfg, **options)
     start, curve = time.perf_counter(), []
     for epoch in range(1, args.epochs + 1):
@@ -184,6 +187,10 @@ def bench(args):
         print(f"| {name} | " + " | ".join(str(v) for v in mem) + f" | {max(mem) / min(mem):.2f} |")
 
 
+def _ms(value) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default="default")
@@ -196,7 +203,11 @@ def main(argv=None):
     parser.add_argument("--loss-at", default="last")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--weight-decay", type=float, default=0.0)
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help="default: sigprop's recommendation (SigProp.recommended)")
+    parser.add_argument("--lr-schedule", default=None, choices=("cosine", "constant"),
+                        help="harness runs only (default: sigprop's recommendation); the "
+                             "--explore loop keeps the lr constant")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batches", type=int, default=0)
     parser.add_argument("--out", default="runs/sigprop_study")
@@ -237,11 +248,12 @@ def main(argv=None):
             finals.append(summary["test_accuracy"])
             bests.append(summary["test_accuracy_at_best_val"])
             curves.append(curve)
-            times.append(summary["time_per_step_ms"])
+            if summary["time_per_step_ms"] is not None:  # None: no batch was timed (tiny runs)
+                times.append(summary["time_per_step_ms"])
             print(f"  {name} seed {seed}: test per epoch "
                   + " ".join(f"{a:.3f}" for a in curve)
                   + f" | final {summary['test_accuracy']:.3f} | at best val "
-                  f"{summary['test_accuracy_at_best_val']:.3f} | {summary['time_per_step_ms']:.2f} "
+                  f"{summary['test_accuracy_at_best_val']:.3f} | {_ms(summary['time_per_step_ms'])} "
                   f"ms/step | memory {summary['training_memory_bytes']} B", flush=True)
         rows.append((name, finals, bests, times))
 
@@ -251,7 +263,8 @@ def main(argv=None):
     print("\n| variant | final test acc | test acc at best val | ms/step |")
     print("|---|---|---|---|")
     for name, finals, bests, times in rows:
-        print(f"| {name} | {fmt(finals)} | {fmt(bests)} | {statistics.mean(times):.2f} |")
+        print(f"| {name} | {fmt(finals)} | {fmt(bests)} | "
+              f"{_ms(statistics.mean(times) if times else None)} |")
     return 0
 
 
