@@ -80,7 +80,7 @@ def run_variant(name, args, seed):
                lr=args.lr, batch_size=args.batch_size, threads=args.threads,
                weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
                max_batches=args.max_batches, out=str(out), progress=False,
-               options=dict(options))
+               options={**options, **json.loads(args.options)})
     cfg.update(overrides)
     summary = train(**cfg)
     curve = [json.loads(line)["test_accuracy"]
@@ -214,7 +214,7 @@ def main(argv=None):
     parser.add_argument("--list", action="store_true", help="list the variants and exit")
     parser.add_argument("--explore", action="store_true",
                         help="own loop (no harness), both predictions after every epoch")
-    parser.add_argument("--options", default="{}", help="JSON added to the variant's options")
+    parser.add_argument("--options", default="{}", help="JSON added to the variant's options (harness runs and --explore)")
     parser.add_argument("--bench", action="store_true",
                         help="time per step vs BPTT and memory vs T instead of training")
     parser.add_argument("--bench-steps", type=int, default=40)
