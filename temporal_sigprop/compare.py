@@ -508,7 +508,8 @@ class Runner:
                     "saved_tensor_peak_bytes", "learner_state_bytes", "cuda_peak_bytes",
                     "peak_rss_bytes", "params", "learner_params", "flops_per_step", "spike_rate",
                     "steps", "num_classes", "label_kind", "kind", "loss_at", "hidden", "layers",
-                    "batch_size", "options", "device", "device_name", "threads",
+                    "batch_size", "options", "lr_schedule", "weight_decay", "device",
+                    "device_name", "threads",
                     "torch_version", "torchaudio_version", "cpu_count", "anytime_test_accuracy")
             outcome.update({k: summary.get(k) for k in keep})
             metrics = _read_jsonl(folder / "metrics.jsonl")
@@ -716,6 +717,8 @@ def aggregate(cell: dict, runs: list[dict]) -> dict:
                        if all(r.get("spike_rate") is not None for r in ok) else None),
         "steps": first.get("steps"),
     }
+    # the schedule and weight decay each method ran with (its recommendation unless the preset set them)
+    out["lr_schedule"], out["weight_decay"] = first.get("lr_schedule"), first.get("weight_decay")
     out["curves"] = [r.get("curve") or [] for r in ok]
     out["anytime"] = [r["anytime_test_accuracy"] for r in ok if r.get("anytime_test_accuracy")]
     first_seed = [r for r in chosen if r["seed"] == cell["seeds"][0] and r["status"] == "ok"]

@@ -316,6 +316,10 @@ def accuracy_table(cells: list[dict]) -> Table:
             lr = (f"{lr_text(c['chosen_lr'])} of {{{', '.join(lr_text(x) for x in c['lr_candidates'])}}}"
                   if c.get("chosen_lr") is not None
                   else f"– of {{{', '.join(lr_text(x) for x in c['lr_candidates'])}}}")
+            if c.get("lr_schedule") and c["lr_schedule"] != "constant":
+                lr += f", {c['lr_schedule']}"
+            if c.get("weight_decay"):
+                lr += f", wd {c['weight_decay']:g}"
             if c["status"] == "ok":
                 star = w["decided"] and w["best"] is c
                 test = Cell(acc_text(c["test_accuracy_mean"], c["test_accuracy_std"]) + (" ★" if star else ""),
@@ -337,7 +341,8 @@ def accuracy_table(cells: list[dict]) -> Table:
                   "val accuracy %", "seeds ok", "note"], rows,
                  "Test accuracy at the epoch of best validation accuracy, mean ± std over seeds "
                  "(sample std). ★ = ahead of the next method by more than the seed spread "
-                 "(the two mean ± std intervals do not overlap; needs ≥ 2 seeds each).",
+                 "(the two mean ± std intervals do not overlap; needs ≥ 2 seeds each). The lr column "
+                 "adds a method's lr schedule and weight decay where they are not constant and 0.",
                  tuple(starts))
 
 
@@ -723,7 +728,8 @@ def render_html(doc: list, out: Path, title: str) -> str:
 
 # ============================================================================ files
 
-CSV_COLUMNS = ("task", "model", "method", "seed", "lr", "role", "chosen", "status", "reason",
+CSV_COLUMNS = ("task", "model", "method", "seed", "lr", "lr_schedule", "weight_decay", "role",
+               "chosen", "status", "reason",
                "val_accuracy", "test_accuracy_at_best_val", "test_accuracy", "best_epoch",
                "epochs", "loss_at", "time_per_step_ms", "training_memory_bytes",
                "cuda_peak_bytes", "flops_per_step", "params", "learner_params", "spike_rate",

@@ -85,6 +85,10 @@ def test_smoke_writes_every_file_and_the_tables_have_every_pair(smoke):
         csv_rows = list(csv.DictReader(f))
     assert [r for r in csv_rows if r["method"] == "eprop" and r["status"] == "n/a" and r["reason"]]
     assert len([r for r in csv_rows if r["status"] == "ok"]) == len(results["runs"])
+    # each method's own lr schedule and weight decay, in the CSV and in the accuracy table
+    ran = {(r["method"], r["lr_schedule"], r["weight_decay"]) for r in csv_rows if r["status"] == "ok"}
+    assert ("sigprop", "cosine", "0.05") in ran and ("bptt", "constant", "0.0") in ran
+    assert ", cosine, wd 0.05 |" in md
 
     for section in ("## Summary", "## Accuracy", "## Learning curves", "## Cost", "## Scaling",
                     "## Gradient alignment", "## Environment", "tsp compare --preset"):
