@@ -372,7 +372,12 @@ class SigProp(Learner):
     def _update(self):
         for name, group in self._groups.items():
             self.clip(group)
-        for opt in self._optimizers.values():
+        for name, opt in self._optimizers.items():
+            # The readout has a gradient only on steps its loss scores (the last, for --loss-at
+            # last): AdamW would skip its grad-less parameters anyway, so skipping the call is
+            # the same update without the step's Python overhead (≈ 3 % of a time step).
+            if name == "readout" and all(p.grad is None for p in self._groups["readout"]):
+                continue
             opt.step()
             opt.zero_grad(set_to_none=True)
         self.update_count += 1
