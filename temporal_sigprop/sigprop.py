@@ -166,7 +166,7 @@ class SigProp(Learner):
     Options = SigPropOptions
     # With an update at every step (40 per MNIST-1D sequence) a constant lr oscillates late in
     # training and the local losses over-fit: the decay and the weight decay fix both
-    # (benchmarks/sigprop.md, "Stable every-step default").
+    # (benchmarks/sigprop.md, "The defaults now").
     recommended = {"lr_schedule": "cosine", "weight_decay": 0.05}
 
     def __init__(self, model, cfg=None, options=None):
