@@ -20,6 +20,7 @@ from pathlib import Path
 
 from temporal_sigprop import train
 from temporal_sigprop.cli import parse_key_values
+from temporal_sigprop.harness import LR_SCHEDULES
 from temporal_sigprop.io import atomic_write_text
 
 
@@ -37,7 +38,7 @@ def main():
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--weight-decay", type=float, default=None,
                    help="for every method (default: each method's recommendation)")
-    p.add_argument("--lr-schedule", default=None, choices=("cosine", "constant"),
+    p.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
                    help="for every method (default: each method's recommendation)")
     p.add_argument("--options", nargs="*", default=[],
                    help="METHOD:KEY=VALUE,... method options, e.g. tbptt:k=1")

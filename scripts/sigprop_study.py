@@ -25,6 +25,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from temporal_sigprop.harness import LR_SCHEDULES
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 # variant name -> (sigprop options, overrides of the harness config)
@@ -205,7 +207,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=None,
                         help="default: sigprop's recommendation (SigProp.recommended)")
-    parser.add_argument("--lr-schedule", default=None, choices=("cosine", "constant"),
+    parser.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULES,
                         help="harness runs only (default: sigprop's recommendation); the "
                              "--explore loop keeps the lr constant")
     parser.add_argument("--threads", type=int, default=1)
