@@ -24,8 +24,9 @@ no host synchronisation: which steps score the readout is a static property of t
 length and whether it holds the sequence's last step), never of the data. That makes the chunk
 capturable:
 
-- **eager chunk function** (``run_chunk``): runs anywhere; the CPU tests check that it gives
-  exactly the parameters of ``SigProp.train_batch``.
+- **eager chunk function** (``run_chunk``): runs anywhere; each of its steps is the learner's
+  own ``SigProp.step`` and ``SigProp.layers_loss`` (one implementation of the algorithm), and the
+  CPU tests check that it gives exactly the parameters of ``SigProp.train_batch``.
 - **CUDA graph** (``graph=True``, default on CUDA): static input buffers for K frames and the
   labels, static state buffers; each distinct chunk signature ``(B, k, readout steps)`` is run
   once eagerly on a side stream (warm-up: real training, not a dry run, so nothing is lost), then
@@ -57,10 +58,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import sigprop_losses as SL
 from .learner import Learner, scale_lr, tensor_bytes
-from .models.cells import LIFCell
-from .sigprop import SigProp
+from .sigprop import SigProp, StepLoss
 
 NAN_CHECKS = ("chunk", "batch", "off")
 
@@ -148,10 +147,6 @@ class _Batch:
     readout_scale: torch.Tensor  # [T] r_t = 1 / n
     readout_steps: frozenset  # steps whose readout loss is scored (static)
     shift: torch.Tensor | None  # [C] log n_c for sample rows with sequence labels, else None
-
-
-def _detach(state):
-    return type(state)(*(t.detach() for t in state))
 
 
 class FastSigProp(Learner):
@@ -421,28 +416,14 @@ class FastSigProp(Learner):
     # ------------------------------------------------------------------ the eager chunk function
     def _step_forward(self, frame, state, labels, local_scale, readout_scale, shift,
                       score_readout: bool):
-        """One step's forward (both row kinds, every layer) and its losses, exactly as
-        ``SigProp._run`` computes them: ``(total, local_total, readout_loss | None, state)``."""
-        learner, o = self.learner, self.options
-        cells = self.model.cells
+        """One step's forward (both row kinds, every layer) and its losses, through the
+        learner's own ``step`` and ``layers_loss`` (class rows, the CE local loss, ``a_t`` a
+        tensor): ``(total, local_total, readout_loss | None, state)``."""
+        learner = self.learner
         B = frame.shape[0]
-        L = len(cells)
-        drive = torch.cat([cells[0].drive(frame), learner.projection.to(frame.dtype)])
-        zs, new_states = [], []
-        out = None
-        for l, cell in enumerate(cells):
-            out, new_state, local = cell.recur(drive, state[l])
-            new_states.append(_detach(new_state))  # the next step sees a constant
-            if o.spike_mode == "surrogate" and isinstance(cell, LIFCell):
-                local = torch.sigmoid((local - cell.threshold) / o.surrogate_width)
-            zs.append(SL.rows_last(local))
-            out = out.detach()  # the layer above sees a constant
-            if l + 1 < L:
-                drive = cells[l + 1].drive(out)
-        if len(zs) > 1 and all(z.shape == zs[0].shape for z in zs):
-            local_total = self._scored(torch.stack(zs), B, labels, local_scale, shift, len(zs))
-        else:
-            local_total = sum(self._scored(z, B, labels, local_scale, shift, 1) for z in zs)
+        out, new_states, rows = learner.step(frame, learner.projection, state, score=True)
+        ctx = StepLoss("class", labels, None, local_scale, shift, labels)
+        local_total = learner.layers_loss(rows, B, ctx)
         total, loss_o = local_total, None
         if score_readout:
             logits = learner.readout(out[:B])
@@ -450,19 +431,6 @@ class FastSigProp(Learner):
                 * readout_scale
             total = total + loss_o
         return total, local_total, loss_o, tuple(new_states)
-
-    def _scored(self, z, B, labels, scale, shift, layers):
-        """Sigprop's class-embedding CE of rows ``z [..., B + C, K]`` (``SigProp._local_loss`` /
-        ``_scored``): per-row normalisation, ``ĥ·ŝᵀ/τ (+ log n_c)``, summed, times ``a_t``,
-        averaged over positions of a feature map."""
-        o = self.options
-        positions = z.numel() // (z.shape[-1] * z.shape[-2] * layers)
-        z = SL.normalise_rows(z, o.normalize)
-        h, s = z[..., :B, :], z[..., B:, :]
-        if o.detach_target:
-            s = s.detach()
-        loss = SL.class_embedding_ce(h, s, labels, 1.0 / o.temperature, shift) * scale
-        return loss * (1.0 / positions) if positions > 1 else loss
 
     def _update(self, grads):
         """One optimizer step with ``grads`` (None = not in this step's graph, skipped as the

@@ -78,6 +78,7 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +154,22 @@ _TRACED_FIELDS = {ElmanCell: ("h",), GRUCell: ("h",), LSTMCell: ("h", "c"), LIFC
 _MIXING = {ElmanCell: ("h", "recurrent_weight", "drive"),
            GRUCell: ("h", "recurrent_weight", "recurrent_bias"),
            LSTMCell: ("h", "recurrent_weight", "drive")}
+
+
+class StepLoss(NamedTuple):
+    """What one step's local loss needs besides the rows, prepared outside the layer loop."""
+    rows: str
+    """'class' (R = C class rows; also sample rows with sequence labels) or 'sample'."""
+    labels: torch.Tensor
+    """[B] the input rows' labels at this step (−1: not scored)."""
+    masks: tuple | None
+    """Batch-similarity masks (``similarity_masks``) for sample rows, else None."""
+    scale: float | torch.Tensor
+    """The step weight over the number of scored rows at this step (a_t)."""
+    shift: torch.Tensor | None
+    """[C] log n_c when sample rows are computed as class rows, else None."""
+    stacked: torch.Tensor
+    """``labels`` repeated once per layer (the class CE of all layers in one call), or ``labels``."""
 
 
 def _detach(state):
@@ -335,11 +352,46 @@ class SigProp(Learner):
             local = torch.sigmoid((local - cell.threshold) / self.options.surrogate_width)
         return SL.rows_last(local)
 
-    def _local_loss(self, z, B, ctx):
+    def step(self, frame, target_drive, state, score: bool, on_rows=None):
+        """One time step of both row kinds through every layer (module docstring, "signal" and
+        "layer l"): ``d¹ = [drive_1(x_t); target drive]``, then per layer one batched
+        ``recur_l(d^l, sg(state^l))`` and ``d^{l+1} = drive_{l+1}(sg(out^l))``.
+
+        Returns ``(sg(out^L), new states (detached), loss rows per layer)``; the rows (what the
+        local loss compares, ``_loss_rows``) only if ``score``. ``on_rows(z)``, if given, takes
+        each layer's rows as soon as they exist instead (per-layer backward). The CUDA-graph
+        fast path (fast.py) runs its chunks through this same function.
+        """
+        cells = self.model.cells
+        drive = torch.cat([cells[0].drive(frame), target_drive.to(frame.dtype)])
+        new_states, rows = [], []
+        for l, cell in enumerate(cells):
+            out, new_state, local = cell.recur(drive, state[l])
+            new_states.append(_detach(new_state))  # the next step sees a constant
+            if score:
+                z = self._loss_rows(local, cell)
+                if on_rows is None:
+                    rows.append(z)
+                else:
+                    on_rows(z)
+            out = out.detach()  # the layer above sees a constant
+            if l + 1 < len(cells):
+                drive = cells[l + 1].drive(out)
+        return out, new_states, rows
+
+    def layers_loss(self, rows, B, ctx: StepLoss):
+        """The summed local losses of one step's per-layer ``rows``: one batched loss call where
+        the layers' shapes agree — a plain sum over the stacked dim, so each layer still gets
+        only its own gradient — else one call per layer."""
+        if len(rows) > 1 and all(z.shape == rows[0].shape for z in rows):
+            return self._scored(torch.stack(rows), B, ctx, len(rows))
+        return sum(self._scored(z, B, ctx, 1) for z in rows)
+
+    def _local_loss(self, z, B, ctx: StepLoss):
         """Σ over scored input rows (and leading dims: stacked layers, positions) of the local
         loss on rows ``z [..., B + R, K]``, divided by the step's scored count and positions."""
         o = self.options
-        rows, labels, masks, scale, shift, stacked = ctx  # scale: weight / (scored rows at step)
+        rows, labels, masks, scale, shift, stacked = ctx
         z = SL.normalise_rows(z, o.normalize)
         h, s = z.split([B, z.shape[-2] - B], dim=-2)  # one op (its backward: one cat)
         if o.detach_target:
@@ -384,9 +436,9 @@ class SigProp(Learner):
 
     def _run(self, x, y, apply: bool):
         o = self.options
-        model, cells = self.model, self.model.cells
+        model = self.model
         B, T = x.shape[:2]
-        L = len(cells)
+        L = len(model.cells)
         y = y.to(x.device)
         rows = self._rows(y)
         # Sample rows that follow *sequence* labels are exact copies of the class rows (same drive
@@ -424,6 +476,14 @@ class SigProp(Learner):
         readout_sum = torch.zeros((), device=x.device, dtype=x.dtype)
         local_sum = torch.zeros((), device=x.device, dtype=x.dtype)
         scored_steps, pending, updates = 0, False, 0
+
+        def backward_now(z):  # --per-layer-backward: frees this layer's graph at once
+            nonlocal local_sum, pending
+            loss_l = self._scored(z, B, ctx, 1)  # this step's ctx
+            loss_l.backward()
+            local_sum = local_sum + loss_l.detach()
+            pending = True
+
         for t in range(T):
             score_local = local_counts[t] > 0
             score_readout = readout_counts[t] > 0
@@ -438,37 +498,18 @@ class SigProp(Learner):
             if score_local and kind == "sample":
                 masks = SL.similarity_masks(local_t[t], target_labels)
             weight = 2.0 * (t + 1) / (T + 1) if o.step_weight == "linear" else 1.0
-            ctx = (kind, local_t[t], masks, weight / max(local_counts[t], 1), shift, stacked_t[t])
+            ctx = StepLoss(kind, local_t[t], masks, weight / max(local_counts[t], 1), shift,
+                           stacked_t[t])
             total = None
             if traces is not None:
                 traces.step(frames[t], target_drive, target_labels, state, B, ctx, score_local)
                 out, pending = traces.top_out, pending or score_local
             else:
                 with torch.set_grad_enabled(score_local):  # no local loss: no graph needed
-                    drive = torch.cat([cells[0].drive(frames[t]), target_drive.to(x.dtype)])
-                    zs = []
-                    for l, cell in enumerate(cells):
-                        out, new_state, local = cell.recur(drive, state[l])
-                        state[l] = _detach(new_state)  # the next step sees a constant
-                        if score_local:
-                            z = self._loss_rows(local, cell)
-                            if o.per_layer_backward:  # frees this layer's graph at once
-                                loss_l = self._scored(z, B, ctx, 1)
-                                loss_l.backward()
-                                local_sum = local_sum + loss_l.detach()
-                                pending = True
-                            else:
-                                zs.append(z)
-                        out = out.detach()  # the layer above sees a constant
-                        if l + 1 < L:
-                            drive = cells[l + 1].drive(out)
+                    out, state, zs = self.step(frames[t], target_drive, state, score_local,
+                                               backward_now if o.per_layer_backward else None)
                     if zs:
-                        # All layers' losses in one batched call where shapes agree: a plain
-                        # sum over the stacked dim, so each layer still gets only its own gradient.
-                        if len(zs) > 1 and all(z.shape == zs[0].shape for z in zs):
-                            total = self._scored(torch.stack(zs), B, ctx, len(zs))
-                        else:
-                            total = sum(self._scored(z, B, ctx, 1) for z in zs)
+                        total = self.layers_loss(zs, B, ctx)
                         local_sum = local_sum + total.detach()
             if score_readout:
                 with torch.enable_grad():
@@ -626,7 +667,7 @@ class _Traces:
         """Advance every layer one step, update its traces, and put the trace gradients of the
         local losses into ``.grad`` (the readout's loss is handled by the caller)."""
         learner, cells = self.learner, self.cells
-        rows = ctx[0]
+        rows = ctx.rows
         N = B + target_drive.shape[0]
         C = learner.num_classes
         inp = out = None

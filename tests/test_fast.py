@@ -3,6 +3,7 @@ change what is learned. CPU tests run the eager chunk function (and the graph pa
 plumbing with a simulated capture); the CUDA tests run real graphs and are skipped without one."""
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -254,6 +255,19 @@ def test_simulated_graph_path_equals_eager(rng, loss_at):
 
 
 # --------------------------------------------------------------------------- CUDA
+@pytest.mark.slow
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compiled_step_learns_what_the_eager_learner_learns(rng):
+    """``compile=True`` wraps the per-step forward (the learner's own ``step`` and
+    ``layers_loss``) in torch.compile; the fused kernels may round differently, nothing else."""
+    eager, fast = _pair(rng, chunk=4, loss_at="last")
+    fast = FastSigProp(fast.learner, chunk=4, graph=False, compile=True)
+    _train_both(rng, eager, fast)
+    assert fast.last_fallback is None
+    assert _max_diff(eager, fast.learner) < 1e-10
+
+
 @cuda
 @pytest.mark.parametrize("chunk", [4, 16])
 def test_cuda_graph_equals_eager_chunks_and_train_batch(rng, chunk):
