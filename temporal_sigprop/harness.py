@@ -36,6 +36,13 @@ LR_SCHEDULES = ("cosine", "constant")
 #: and the values used when it does not.
 METHOD_DEFAULTS = {"lr_schedule": "constant", "weight_decay": 0.0}
 
+#: TrainConfig fields a resumed run may change (a larger --epochs extends a finished run). Any
+#: other difference from the checkpoint's config is refused: its optimizer state, RNG state and
+#: lr curve belong to the settings it was trained with.
+RESUMABLE_CHANGES = ("epochs", "device", "eager", "threads", "data_dir", "download", "out",
+                     "wandb", "wandb_project", "wandb_group", "resume", "eval_batch_size",
+                     "progress")
+
 SUMMARY_KEYS = (
     "task", "model", "method", "seed", "epochs", "loss_at", "val_accuracy", "test_accuracy",
     "test_accuracy_at_best_val", "train_seconds", "time_per_step_ms", "training_memory_bytes",
@@ -254,6 +261,7 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.resume and checkpoint_path.exists():
             saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
+            _check_resumable(saved.get("config", {}), cfg, checkpoint_path)
             learner.load_state_dict(saved["learner"])
             loop = saved["loop"]
             data_generator.set_state(saved["data_generator"])
@@ -340,6 +348,19 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
     if logger:
         logger.finish(summary)
     return summary
+
+
+def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    """Refuse to resume ``path`` under settings other than those it was trained with."""
+    asked = dataclasses.asdict(cfg)
+    changed = [f"{name}={saved[name]!r} (asked: {asked[name]!r})" for name in asked
+               if name not in RESUMABLE_CHANGES and name in saved and saved[name] != asked[name]]
+    if changed:
+        raise ConfigError(
+            f"cannot resume {path}: it was trained with {', '.join(changed)}. Resume with the "
+            "same settings (only " + ", ".join(f"--{n.replace('_', '-')}" for n in
+                                               ("epochs", "device", "threads", "eval_batch_size"))
+            + " and output options may change), or start a fresh run in another --out")
 
 
 def _current_lr(learner) -> float | None:

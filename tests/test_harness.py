@@ -151,6 +151,22 @@ def test_resume_continues_from_checkpoint(tmp_path):
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
 
 
+def test_resume_refuses_changed_training_settings(tmp_path):
+    """The checkpoint's optimizer state carries its lr (and its RNG its data order): resuming
+    under another --lr or --seed would silently train with a mix of both."""
+    out = tmp_path / "run"
+    tiny = {**TINY, "lr_schedule": "constant", "epochs": 1}
+    train(**tiny, method="bptt", seed=1, out=str(out))
+    with pytest.raises(ConfigError, match=r"lr=0\.001 \(asked: 0\.002\).*another --out"):
+        train(**{**tiny, "lr": 2e-3}, method="bptt", seed=1, out=str(out), resume=True)
+    with pytest.raises(ConfigError, match=r"seed=1 \(asked: 2\)"):
+        train(**tiny, method="bptt", seed=2, out=str(out), resume=True)
+    # epochs, threads and output options may change
+    resumed = train(**{**tiny, "epochs": 2}, method="bptt", seed=1, out=str(out), resume=True,
+                    threads=1, eval_batch_size=7)
+    assert resumed["epochs"] == 2
+
+
 def _lrs(out):
     return [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
