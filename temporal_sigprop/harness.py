@@ -358,9 +358,8 @@ def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
     if changed:
         raise ConfigError(
             f"cannot resume {path}: it was trained with {', '.join(changed)}. Resume with the "
-            "same settings (only " + ", ".join(f"--{n.replace('_', '-')}" for n in
-                                               ("epochs", "device", "threads", "eval_batch_size"))
-            + " and output options may change), or start a fresh run in another --out")
+            "same settings (only --epochs, --device, --threads, --eval-batch-size and output "
+            "options may change), or start a fresh run in another --out")
 
 
 def _current_lr(learner) -> float | None:

@@ -254,7 +254,6 @@ def test_simulated_graph_path_equals_eager(rng, loss_at):
     assert _max_diff(eager, fast.learner) == 0.0 and len(fast._buffers) == 2
 
 
-# --------------------------------------------------------------------------- CUDA
 @pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
                     reason="torch.compile's CPU backend needs a C++ compiler")
@@ -268,6 +267,7 @@ def test_compiled_step_learns_what_the_eager_learner_learns(rng):
     assert _max_diff(eager, fast.learner) < 1e-10
 
 
+# --------------------------------------------------------------------------- CUDA
 @cuda
 @pytest.mark.parametrize("chunk", [4, 16])
 def test_cuda_graph_equals_eager_chunks_and_train_batch(rng, chunk):
