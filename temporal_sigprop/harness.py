@@ -261,7 +261,7 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.resume and checkpoint_path.exists():
             saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
-            _check_resumable(saved.get("config", {}), cfg, checkpoint_path)
+            _check_resumable(saved, cfg, learner, checkpoint_path)
             learner.load_state_dict(saved["learner"])
             loop = saved["loop"]
             data_generator.set_state(saved["data_generator"])
@@ -338,7 +338,10 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
             atomic_torch_save(checkpoint_path, {
                 "learner": learner.state_dict(), "loop": loop,
                 "data_generator": data_generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "config": dataclasses.asdict(cfg)})
+                "torch_rng": torch.get_rng_state(), "config": dataclasses.asdict(cfg),
+                # every option value, defaults included: a default that changes between
+                # versions must not slip into a resumed run unnoticed
+                "learner_options": dataclasses.asdict(learner.options)})
         if logger:
             logger.log(record)
 
@@ -350,11 +353,19 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
     return summary
 
 
-def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    """Refuse to resume ``path`` under settings other than those it was trained with."""
-    asked = dataclasses.asdict(cfg)
+def _check_resumable(checkpoint: dict, cfg: TrainConfig, learner, path: Path) -> None:
+    """Refuse to resume ``path`` under settings other than those it was trained with: the run's
+    config, and the method's options with their defaults (which a newer version may change)."""
+    saved, asked = checkpoint.get("config", {}), dataclasses.asdict(cfg)
+    saved_options = checkpoint.get("learner_options") or {}
+    options = dataclasses.asdict(learner.options)
+    # the option values in effect decide, not how they were spelt (unset or given)
+    may_change = RESUMABLE_CHANGES + (("options",) if saved_options else ())
     changed = [f"{name}={saved[name]!r} (asked: {asked[name]!r})" for name in asked
-               if name not in RESUMABLE_CHANGES and name in saved and saved[name] != asked[name]]
+               if name not in may_change and name in saved and saved[name] != asked[name]]
+    changed += [f"{cfg.method} option {name}={saved_options[name]!r} (now: {options[name]!r})"
+                for name in options
+                if name in saved_options and saved_options[name] != options[name]]
     if changed:
         raise ConfigError(
             f"cannot resume {path}: it was trained with {', '.join(changed)}. Resume with the "

@@ -167,6 +167,23 @@ def test_resume_refuses_changed_training_settings(tmp_path):
     assert resumed["epochs"] == 2
 
 
+def test_resume_refuses_a_method_option_whose_default_changed(tmp_path):
+    """A checkpoint records every option value, defaults included: a run trained when sigprop's
+    temperature default was 1 is not continued at today's default without a word."""
+    out = tmp_path / "run"
+    tiny = {**TINY, "epochs": 1}
+    train(**tiny, method="sigprop", seed=1, out=str(out))
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["learner_options"]["temperature"] == 2.0
+    checkpoint["learner_options"]["temperature"] = 1.0  # as an older version wrote it
+    torch.save(checkpoint, out / "checkpoint.pt")
+    with pytest.raises(ConfigError, match=r"sigprop option temperature=1\.0 \(now: 2\.0\)"):
+        train(**{**tiny, "epochs": 2}, method="sigprop", seed=1, out=str(out), resume=True)
+    resumed = train(**{**tiny, "epochs": 2}, method="sigprop", seed=1, out=str(out), resume=True,
+                    options={"temperature": 1.0})
+    assert resumed["epochs"] == 2
+
+
 def _lrs(out):
     return [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
