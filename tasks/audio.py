@@ -41,6 +41,7 @@ from einops import rearrange
 from torch.utils.data import TensorDataset
 
 from tasks.base import DataError, TaskData, data_root, split_off, torch_generator
+from tasks.optional_imports import load_torchaudio
 
 SAMPLE_RATE = 16000
 
@@ -202,7 +203,9 @@ def waveform_features(wave: torch.Tensor, cfg: FeatureConfig = FeatureConfig(),
     ``kind='mfcc'`` the DCT of that log-mel. Not normalised: use :func:`normalise_splits` with
     statistics from the training split.
     """
-    import torchaudio  # imported here so that `tsp tasks` does not pay for it
+    # Imported here, not at the top: only audio features need torchaudio, and a torchaudio that
+    # cannot load must not break the other tasks (see tasks/optional_imports.py).
+    torchaudio = load_torchaudio()
 
     squeeze = wave.dim() == 1
     wave = wave.reshape(1, -1) if squeeze else wave
@@ -623,6 +626,7 @@ def _speech_commands_walker(root: Path, subset: str, download: bool) -> list:
         if folder.is_dir() and not (folder / lst).is_file():
             raise DataError(f'Speech Commands v2: {folder / lst} is missing (it defines the '
                             f'official splits). To fix: {how}')
+    load_torchaudio()  # a clear error if it cannot load, before the import below
     from torchaudio.datasets import SPEECHCOMMANDS
     try:
         root.mkdir(parents=True, exist_ok=True)

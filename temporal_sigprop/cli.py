@@ -2,6 +2,7 @@
 
     tsp train --task mnist1d --model gru --method bptt --hidden 128 --layers 2 --epochs 20 --out runs/x
     tsp tasks [--json]
+    tsp doctor
 
 Every field of ``TrainConfig`` is a flag; every field of every method's ``Options`` is a flag too,
 accepted only with a method that has it. Bad input exits with code 2 and a message, never a
@@ -109,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--json", action="store_true", help="print the list as JSON")
     tasks.set_defaults(handler=_cmd_tasks)
 
+    doctor = sub.add_parser("doctor", help="check that torch, torchaudio and the optional "
+                                           "components load; exit 1 naming the fix if not")
+    doctor.set_defaults(handler=_cmd_doctor)
+
     for name, target in (("compare", "temporal_sigprop.compare:add_compare_parser"),
                          ("bench", "temporal_sigprop.bench:add_bench_parser")):
         module, _, attr = target.partition(":")
@@ -169,6 +174,11 @@ def _cmd_tasks(args) -> int:
         print(f"{r['name']:<{width}}  {r['kind']:<8}  {shape:<14}  {r['classes']:>3} classes  "
               f"{r['source']:<8}  {r['description']}")
     return 0
+
+
+def _cmd_doctor(args) -> int:
+    from .doctor import run_doctor
+    return run_doctor()
 
 
 def main(argv=None) -> int:

@@ -40,16 +40,13 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 from importlib import resources
 from pathlib import Path
@@ -58,6 +55,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import harness
+from .environment import environment
 from .errors import ConfigError, IncompatibleError, NonFiniteLossError
 from .harness import TrainConfig
 from .io import append_jsonl, atomic_write_json
@@ -731,42 +729,6 @@ def aggregate(cell: dict, runs: list[dict]) -> dict:
 # ============================================================================ environment
 
 
-def environment(threads: int | None = None) -> dict:
-    """Where the numbers were measured."""
-    import torchaudio
-
-    root = Path(__file__).resolve().parent.parent
-    commit, dirty = None, None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
-                                text=True, timeout=10)
-        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        pass
-    cuda = torch.cuda.is_available()
-    cpu_name = None
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": "cuda" if cuda else "cpu",
-        "device_name": torch.cuda.get_device_name(0) if cuda else (
-            cpu_name or platform.processor() or platform.machine()),
-        "cpu_name": cpu_name or platform.processor() or platform.machine(),
-        "torch_version": torch.__version__, "torchaudio_version": torchaudio.__version__,
-        "python_version": platform.python_version(), "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "threads": threads if threads else torch.get_num_threads(),
-        "git_commit": commit, "git_dirty": dirty,
-    }
-
-
 # ============================================================================ the command
 
 
@@ -805,7 +767,7 @@ def run_compare(preset: dict | str, out: str | os.PathLike, *, wandb: str | None
     results = {
         "preset": preset,
         "command": command or reproduce_command(preset, out),
-        "environment": environment(threads),
+        "environment": environment(threads=threads, with_git=True),
         "counts": {"runs": len(all_runs), "trained": trained, "cached": len(all_runs) - trained,
                    "jobs": jobs},
         "cells": rows,

@@ -13,8 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import platform
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .environment import environment
 from .errors import ConfigError, NonFiniteLossError
 from .io import append_jsonl, atomic_torch_save, atomic_write_json
 from .learner import LearnerConfig, cosine_lr_factor
@@ -188,18 +187,6 @@ def spike_rate(model, x: torch.Tensor) -> float | None:
             count += h.numel()
         state = tuple(new_state)
     return total / max(count, 1)
-
-
-def _environment(device: torch.device, threads: int) -> dict:
-    try:
-        import torchaudio
-        torchaudio_version = torchaudio.__version__
-    except ImportError:  # pragma: no cover - torchaudio is a dependency
-        torchaudio_version = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    return {"device": str(device), "device_name": name or platform.machine(),
-            "threads": threads, "torch_version": torch.__version__,
-            "torchaudio_version": torchaudio_version, "cpu_count": os.cpu_count()}
 
 
 class _WandbLogger:
@@ -388,7 +375,7 @@ def _cuda_memory(device: torch.device) -> dict:
 
 
 def _summary(cfg, task, model, learner, loop, device, steps) -> dict:
-    env = _environment(device, torch.get_num_threads())
+    env = environment(device, torch.get_num_threads())
     timed = loop["timed_batches"]
     per_batch = loop["timed_seconds"] / timed if timed else None
     saved, own = loop["saved_tensor_peak"], loop["learner_state_bytes"]
