@@ -7,8 +7,10 @@ Data only: nothing here imports ``temporal_sigprop`` or ``baselines``.
     x, y = data.train.tensors      # x float32 [N, T, *F], y int64 [N] or [N, T]
 
 Offline: ``mnist1d``, ``cue_recall``, ``cue_recall_steps``, ``pulse_count``, ``video_digits``,
-``audio_keywords``; from disk (``--download`` where allowed): ``smnist``, ``psmnist``,
-``moving_mnist_cls``, ``speech_commands``, ``shd``; and ``file:PATH.npz`` for a user's arrays.
+``audio_keywords``, and the UCR/UEA archive sets that ship with aeon (``uea:JapaneseVowels``,
+``uea:BasicMotions``, ``ucr:GunPoint``, ...; see ``tasks.archive``); from disk (``--download``
+where allowed): ``smnist``, ``psmnist``, ``moving_mnist_cls``, ``speech_commands``, ``shd``, any
+other archive set as ``uea:NAME`` / ``ucr:NAME``; and ``file:PATH.npz`` for a user's arrays.
 """
 from .base import DataError, TaskData
 from .registry import get_task, list_tasks, parse_task_spec, register_task, TaskEntry, task_names

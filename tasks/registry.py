@@ -11,6 +11,7 @@ Builder contract: ``builder(*, seed, data_dir, download, **options) -> TaskData`
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -28,6 +29,9 @@ __all__ = [
     "FILE_PREFIX",
     "FILE_ENTRY",
     "get_entry",
+    "TaskFamily",
+    "register_family",
+    "family_prefixes",
 ]
 
 FILE_PREFIX = "file:"
@@ -60,18 +64,25 @@ class TaskEntry:
     description: str
     options: dict[str, Any] | None = field(default_factory=dict)
     label_kind: str = "sequence"
+    # A data set of a family (``uea:NAME``): its NAME, passed to the builder first, by position.
+    member: str | None = None
+    # Static facts beyond the listing's keys, for reports (the archive sets' published
+    # reference accuracies under "reference"); reading them loads nothing.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self) -> Callable[..., TaskData]:
         if callable(self.builder):
-            return self.builder
-        module, _, attr = self.builder.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise DataError(
-                f"task {self.name!r}: cannot load its builder {self.builder!r} ({exc})"
-            ) from exc
-        return fn
+            fn = self.builder
+        else:
+            module, _, attr = self.builder.partition(":")
+            try:
+                fn = getattr(importlib.import_module(module), attr)
+            except (ImportError, AttributeError) as exc:
+                raise DataError(
+                    f"task {self.name!r}: cannot load its builder {self.builder!r} ({exc})"
+                ) from exc
+        # Bound by position so the builder's keyword options stay its whole signature.
+        return fn if self.member is None else functools.partial(fn, self.member)
 
     def as_dict(self) -> dict:
         """The ``tsp tasks --json`` schema (DESIGN.md, "Names")."""
@@ -85,7 +96,52 @@ class TaskEntry:
         }
 
 
+@dataclass(frozen=True)
+class TaskFamily:
+    """A prefix that names many data sets: ``PREFIX:NAME`` or ``PREFIX:NAME:key=value,...``.
+
+    Sets known in advance (those that ship offline) are registered by their full name with
+    ``register_task`` and listed; any other NAME gets an entry on the fly from :meth:`entry`
+    (its shape is known only once its files are read).
+    """
+
+    prefix: str
+    """The part before the first ':' (``uea``)."""
+    kind: str
+    """The kind of every set of the family."""
+    builder: str
+    """``"module:function"``, called as ``function(NAME, *, seed, data_dir, download, **opts)``."""
+    options: dict[str, Any]
+    """The options every set takes, with their defaults."""
+    description: str
+    """What the family is, for listings and error messages."""
+    example: str
+    """A set name to show in messages."""
+
+    def entry(self, member: str) -> TaskEntry:
+        """The entry of a set that was not registered by name (read from --data-dir)."""
+        return TaskEntry(f"{self.prefix}:{member}", self.kind, self.builder, (), 0, "download",
+                         f"{self.description}: set {member}", dict(self.options), member=member)
+
+
 _REGISTRY: dict[str, TaskEntry] = {}
+_FAMILIES: dict[str, TaskFamily] = {}
+
+
+def register_family(family: TaskFamily) -> TaskFamily:
+    if family.kind not in KINDS:
+        raise ValueError(f"task family {family.prefix!r}: kind must be one of {KINDS}")
+    if not family.prefix or ":" in family.prefix or "," in family.prefix:
+        raise ValueError(f"task family prefix {family.prefix!r} may not be empty or contain "
+                         f"':' or ','")
+    if family.prefix in _FAMILIES or family.prefix in _REGISTRY or family.prefix == "file":
+        raise ValueError(f"task family {family.prefix!r} is already registered")
+    _FAMILIES[family.prefix] = family
+    return family
+
+
+def family_prefixes() -> list[str]:
+    return list(_FAMILIES)
 
 
 def register_task(entry: TaskEntry, *, replace: bool = False) -> TaskEntry:
@@ -93,8 +149,14 @@ def register_task(entry: TaskEntry, *, replace: bool = False) -> TaskEntry:
         raise ValueError(f"task {entry.name!r}: kind must be one of {KINDS}")
     if entry.source not in SOURCES:
         raise ValueError(f"task {entry.name!r}: source must be one of {SOURCES}")
-    if ":" in entry.name or "," in entry.name or not entry.name:
-        raise ValueError(f"task name {entry.name!r} may not be empty or contain ':' or ','")
+    prefix, colon, member = entry.name.partition(":")
+    if colon:  # a named set of a family: PREFIX:MEMBER
+        if prefix not in _FAMILIES or not member or ":" in member or entry.member != member:
+            raise ValueError(f"task name {entry.name!r}: only a registered family's set may "
+                             f"contain ':' (PREFIX:NAME, with member=NAME)")
+    if "," in entry.name or not entry.name or entry.name in _FAMILIES:
+        raise ValueError(f"task name {entry.name!r} may not be empty, contain ',' or be a "
+                         f"family prefix")
     if entry.name in _REGISTRY and not replace:
         raise ValueError(f"task {entry.name!r} is already registered")
     _REGISTRY[entry.name] = entry
@@ -147,6 +209,16 @@ def parse_task_spec(spec: str) -> tuple[str, dict]:
             raise DataError("task spec 'file:' needs a path, e.g. file:data/my_task.npz")
         return "file", {"path": path}
     name, sep, rest = spec.partition(":")
+    if name.strip() in _FAMILIES:  # PREFIX:NAME[:options]
+        family = _FAMILIES[name.strip()]
+        member, sep, rest = rest.partition(":")
+        member = member.strip()
+        if not member or "=" in member or "," in member:
+            raise DataError(
+                f"task spec {spec!r}: {family.prefix}: needs a data set name first, "
+                f"{family.prefix}:NAME or {family.prefix}:NAME:key=value (e.g. "
+                f"{family.prefix}:{family.example}); {family.description}")
+        name = f"{family.prefix}:{member}"
     options: dict = {}
     if sep and rest.strip():
         for item in rest.split(","):
@@ -166,12 +238,16 @@ def parse_task_spec(spec: str) -> tuple[str, dict]:
 
 
 def _valid_names_text() -> str:
-    return ", ".join(_REGISTRY) + f", or {FILE_PREFIX}PATH.npz"
+    families = "".join(f", {f.prefix}:NAME ({f.description})" for f in _FAMILIES.values())
+    return ", ".join(_REGISTRY) + families + f", or {FILE_PREFIX}PATH.npz"
 
 
 def _entry(name: str) -> TaskEntry:
     if name == "file":
         return FILE_ENTRY
+    prefix, colon, member = name.partition(":")
+    if name not in _REGISTRY and colon and prefix in _FAMILIES:
+        return _FAMILIES[prefix].entry(member)
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -336,6 +412,25 @@ _BUILTIN = [
 ]
 for _e in _BUILTIN:
     register_task(_e)
+
+# UCR/UEA archive families; the sets that ship offline (inside the aeon package) are listed by
+# name. tasks.archive's metadata is plain data: importing it reads no file.
+from .archive import ARCHIVES as _ARCHIVES, DEFAULT_OPTIONS as _ARCHIVE_OPTIONS  # noqa: E402
+from .archive import OFFLINE_SETS as _ARCHIVE_SETS  # noqa: E402
+
+for _prefix, _example in (("uea", "JapaneseVowels"), ("ucr", "GunPoint")):
+    register_family(TaskFamily(
+        _prefix, "sequence", f"tasks.archive:build_{_prefix}", dict(_ARCHIVE_OPTIONS),
+        f"a set of the {_ARCHIVES[_prefix].title} from --data-dir or --download",
+        _example))
+for _spec, _set in _ARCHIVE_SETS.items():
+    _prefix, _, _member = _spec.partition(":")
+    register_task(TaskEntry(
+        _spec, "sequence", f"tasks.archive:build_{_prefix}", _set["input_shape"],
+        _set["classes"], "offline",
+        f"{_set['description']}; official {_set['sizes'][0]}/{_set['sizes'][1]} split; ships "
+        f"with the aeon package", dict(_ARCHIVE_OPTIONS), member=_member,
+        extra={"reference": [dict(r) for r in _set["reference"]]}))
 
 # ``file:PATH.npz`` is not a named task (it has no fixed shape), so it is not in list_tasks().
 FILE_ENTRY = TaskEntry(
