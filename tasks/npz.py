@@ -33,6 +33,8 @@ FORMAT_HELP = (
     "numpy.savez(PATH, x=x.astype('float32'), y=y.astype('int64'))"
 )
 TEST_SPLIT_SEED = 0  # the carved test split must not change with the run seed
+ZIP_MAGIC = b"PK\x03\x04"  # every .npz is a zip archive
+NPY_MAGIC = b"\x93NUMPY"
 
 
 def load_npz_arrays(path) -> dict:
@@ -43,6 +45,20 @@ def load_npz_arrays(path) -> dict:
         raise DataError(f"{where} does not exist; {FORMAT_HELP}")
     if path.is_dir():
         raise DataError(f"{where} is a folder, not an .npz file; {FORMAT_HELP}")
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise DataError(f"{where} is not a regular file (a pipe, socket or device); save the "
+                        f"arrays to a file first; {FORMAT_HELP}")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+    except OSError as exc:
+        raise DataError(f"{where} cannot be read ({exc.strerror or exc})") from None
+    if magic != ZIP_MAGIC:
+        # np.load would try to unpickle anything that is neither .npy nor .npz: say what the
+        # file is not, rather than hint at unsafe loading
+        what = "a single .npy array" if magic == NPY_MAGIC[:4] else (
+            "empty" if not magic else f"not an .npz archive (it starts with {magic!r})")
+        raise DataError(f"{where} is {what}; {FORMAT_HELP}")
     try:
         npz = np.load(path, allow_pickle=False)
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
@@ -70,15 +86,47 @@ def load_npz_arrays(path) -> dict:
                 have, miss = (xn, yn) if xn in names else (yn, xn)
                 raise DataError(f"{where}: array {have!r} is present but {miss!r} is missing")
             if xn in names:
-                try:
-                    arrays[split] = (npz[xn], npz[yn])
-                except ValueError as exc:  # object arrays need pickle: refused
-                    raise DataError(
-                        f"{where}: arrays {xn!r}/{yn!r} cannot be read without pickle ({exc}); "
-                        "store plain numeric arrays"
-                    ) from exc
+                arrays[split] = (_read_member(npz, xn, where), _read_member(npz, yn, where))
     _validate(where, arrays)
     return arrays
+
+
+#: Largest array accepted (bytes, as declared by the member's header): beyond this the file is
+#: almost surely damaged, and reading it would exhaust memory before saying so.
+MAX_ARRAY_BYTES = 16 * 2**30
+#: Most classes a label array may imply (the readout has one output per class).
+MAX_CLASSES = 100_000
+
+
+def _read_member(npz, name: str, where: str) -> np.ndarray:
+    """One array of the archive, refusing damage with a message instead of a traceback."""
+    try:
+        with npz.zip.open(name + ".npy") as member:
+            version = np.lib.format.read_magic(member)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(member)
+    except KeyError:
+        raise DataError(f"{where}: member {name!r} is not a .npy array; {FORMAT_HELP}") from None
+    except Exception as exc:  # noqa: BLE001 - any header damage
+        raise DataError(f"{where}: array {name!r} has an unreadable header ({exc}); re-save the "
+                        f"file; {FORMAT_HELP}") from None
+    if dtype.hasobject:
+        raise DataError(f"{where}: array {name!r} holds Python objects (dtype {dtype}), which "
+                        f"are not read (it would need pickle); store plain numeric arrays")
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if declared > MAX_ARRAY_BYTES:
+        raise DataError(f"{where}: array {name!r} declares shape {list(shape)} ({declared:,} "
+                        f"bytes), more than the {MAX_ARRAY_BYTES:,} accepted: the file is "
+                        f"damaged or too large to train on")
+    try:
+        return npz[name]
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, MemoryError) as exc:
+        raise DataError(f"{where}: array {name!r} cannot be read ({type(exc).__name__}: {exc}); "
+                        f"the file is damaged: re-save it; {FORMAT_HELP}") from None
+    except Exception as exc:  # noqa: BLE001 - zlib/CRC errors of a damaged member
+        raise DataError(f"{where}: array {name!r} cannot be read ({type(exc).__name__}: {exc}); "
+                        f"the file is damaged: re-save it") from None
 
 
 def _validate(where: str, arrays: dict) -> None:
@@ -97,7 +145,7 @@ def _validate(where: str, arrays: dict) -> None:
                 f"inputs are refused so that nothing is scaled silently: convert with "
                 f"{xn}.astype('float32') (and scale it as you mean to)"
             )
-        if not np.issubdtype(y.dtype, np.integer):
+        if y.dtype.kind not in "iu":  # (timedelta64 counts as an integer subtype in numpy)
             raise DataError(
                 f"{where}: array {yn!r} has dtype {y.dtype}; expected integer class labels "
                 f"(convert with {yn}.astype('int64'))"
@@ -105,6 +153,9 @@ def _validate(where: str, arrays: dict) -> None:
         n, t = x.shape[0], x.shape[1]
         if n == 0 or t == 0:
             raise DataError(f"{where}: array {xn!r} has shape {list(x.shape)}: no samples/steps")
+        if 0 in x.shape[2:]:
+            raise DataError(f"{where}: array {xn!r} has shape {list(x.shape)}: no features per "
+                            f"step; expected [N, T, F...] with every F >= 1")
         if y.ndim not in (1, 2):
             raise DataError(
                 f"{where}: array {yn!r} has shape {list(y.shape)}; expected [N] (label per "
@@ -123,6 +174,17 @@ def _validate(where: str, arrays: dict) -> None:
         if not np.isfinite(x).all():
             bad = int((~np.isfinite(x)).sum())
             raise DataError(f"{where}: array {xn!r} contains {bad} NaN/inf value(s)")
+        # training runs in float32: a value that is finite in float64 may not be after the cast
+        with np.errstate(over="ignore"):
+            beyond = int((~np.isfinite(x.astype(np.float32))).sum())
+        if beyond:
+            raise DataError(f"{where}: array {xn!r} has {beyond} value(s) beyond float32's range "
+                            f"(|x| > {np.finfo(np.float32).max:.3g}), which training (float32) "
+                            f"cannot represent; rescale the inputs")
+        hi = int(y.max())
+        if hi >= MAX_CLASSES:
+            raise DataError(f"{where}: array {yn!r} has label {hi}, which would mean {hi + 1:,} "
+                            f"classes (at most {MAX_CLASSES:,}); labels are class indices 0..C-1")
         lo = int(y.min())
         if lo < -1:
             raise DataError(
@@ -149,6 +211,8 @@ def _validate(where: str, arrays: dict) -> None:
                 )
     if max(int(y.max()) for _, y in arrays.values()) < 0:
         raise DataError(f"{where}: every label is -1; nothing to learn")
+    if int(arrays["train"][1].max()) < 0:
+        raise DataError(f"{where}: every training label (array 'y') is -1; nothing to learn from")
 
 
 def build_file(*, seed=0, data_dir=None, download=False, path="", val_fraction=0.1,

@@ -32,6 +32,7 @@ __all__ = [
     "TaskFamily",
     "register_family",
     "family_prefixes",
+    "check_task_spec",
 ]
 
 FILE_PREFIX = "file:"
@@ -64,6 +65,9 @@ class TaskEntry:
     description: str
     options: dict[str, Any] | None = field(default_factory=dict)
     label_kind: str = "sequence"
+    #: Largest value of a numeric option (sizes that would otherwise exhaust memory); the
+    #: builder checks lower bounds and the relations between options.
+    limits: dict[str, float] = field(default_factory=dict)
     # A data set of a family (``uea:NAME``): its NAME, passed to the builder first, by position.
     member: str | None = None
     # Static facts beyond the listing's keys, for reports (the archive sets' published
@@ -275,7 +279,19 @@ def _check_options(entry: TaskEntry, given: dict) -> dict:
     for key, value in given.items():
         default = entry.options[key]
         out[key] = _coerce(entry.name, key, value, default)
+        limit = entry.limits.get(key)
+        if limit is not None and isinstance(out[key], (int, float)) and out[key] > limit:
+            raise DataError(f"task {entry.name!r}: option {key}={out[key]!r} is above its "
+                            f"limit {limit!r} (a data set that large would not fit in memory)")
     return out
+
+
+def check_task_spec(spec: str) -> tuple[str, dict]:
+    """Parse ``spec`` and check its task name and options without building any data (so a bad
+    spec is refused at once); returns ``(name, options with defaults)``."""
+    name, options = parse_task_spec(spec)
+    entry = _entry(name)
+    return name, _check_options(entry, options)
 
 
 def _coerce(task: str, key: str, value, default):
@@ -301,7 +317,13 @@ def _coerce(task: str, key: str, value, default):
         raise bad
     if isinstance(default, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise bad from None
+            if value != value or value in (float("inf"), float("-inf")):
+                raise DataError(f"task {task!r}: option {key}={value!r} must be a finite number")
+            return value
         raise bad
     if isinstance(default, str):
         return str(value)
@@ -320,7 +342,11 @@ def get_task(spec: str, *, data_dir=None, download: bool = False, seed: int = 0,
     entry = _entry(name)
     options = _check_options(entry, options)
     builder = entry.resolve()
-    data = builder(seed=int(seed), data_dir=data_dir, download=bool(download), **options)
+    try:
+        data = builder(seed=int(seed), data_dir=data_dir, download=bool(download), **options)
+    except MemoryError:
+        raise DataError(f"task {name!r}: not enough memory to build it with options "
+                        f"{options}; use smaller sizes") from None
     if not isinstance(data, TaskData):
         raise DataError(f"task {name!r}: builder returned {type(data).__name__}, not TaskData")
     return data.check()
@@ -331,12 +357,14 @@ def get_task(spec: str, *, data_dir=None, download: bool = False, seed: int = 0,
 # (tests check that each builder's signature agrees); input_shape/classes are for the defaults.
 
 _SYNTH_SIZES = dict(n_train=2000, n_test=500)
+#: Upper limits shared by the generated tasks: sizes far beyond these would exhaust memory.
+_SIZE_LIMITS = dict(n_train=1_000_000, n_test=1_000_000)
 
 _BUILTIN = [
     TaskEntry(
         "mnist1d", "sequence", "tasks.mnist1d_task:build_mnist1d", (40, 1), 10, "offline",
         "MNIST-1D (standard 4000/1000 split, generated offline): 40 steps x 1 feature",
-        dict(data_seed=42, val_fraction=0.1),
+        dict(data_seed=42, val_fraction=0.1), limits=dict(val_fraction=0.9),
     ),
     TaskEntry(
         "cue_recall", "sequence", "tasks.synthetic:build_cue_recall", (22, 6), 4, "offline",
@@ -344,6 +372,7 @@ _BUILTIN = [
         "label = cue",
         dict(delay=20, classes=4, **_SYNTH_SIZES, noise=0.1, distractors=0.0, data_seed=0,
              val_fraction=0.1),
+        limits=dict(delay=100_000, classes=1000, **_SIZE_LIMITS),
     ),
     TaskEntry(
         "cue_recall_steps", "sequence", "tasks.synthetic:build_cue_recall_steps", (28, 6), 4,
@@ -353,11 +382,14 @@ _BUILTIN = [
         dict(delay=10, classes=4, episodes=2, recall_len=3, **_SYNTH_SIZES, noise=0.1,
              distractors=0.0, data_seed=0, val_fraction=0.1),
         label_kind="step",
+        limits=dict(delay=100_000, classes=1000, episodes=1000, recall_len=100_000,
+                    **_SIZE_LIMITS),
     ),
     TaskEntry(
         "pulse_count", "sequence", "tasks.synthetic:build_pulse_count", (30, 2), 6, "offline",
         "count the pulses on channel 0 over the whole sequence, ignoring channel 1",
         dict(length=30, classes=6, **_SYNTH_SIZES, noise=0.1, data_seed=0, val_fraction=0.1),
+        limits=dict(length=1_000_000, classes=1000, **_SIZE_LIMITS),
     ),
     TaskEntry(
         "video_digits", "video", "tasks.video:build_video_digits", (20, 1, 32, 32), 10,
@@ -366,6 +398,7 @@ _BUILTIN = [
         "digit that appeared first",
         dict(frames=20, size=32, n_train=2000, n_test=500, noise=0.05, data_seed=0,
              val_fraction=0.1),
+        limits=dict(frames=10_000, size=1024, **_SIZE_LIMITS),
     ),
     TaskEntry(
         "smnist", "sequence", "tasks.mnist:build_smnist", (784, 1), 10, "download",
@@ -386,6 +419,7 @@ _BUILTIN = [
         "needs the MNIST files",
         dict(frames=20, size=32, digit_size=20, visible=5, noise=0.05, n_train=4000,
              n_test=1000, data_seed=0, val_fraction=0.1),
+        limits=dict(frames=10_000, size=1024, **_SIZE_LIMITS),
     ),
     # Built in tasks/audio.py (its own owner). options=None: that builder checks its own options.
     # The metadata mirrors tasks.audio.AUDIO_TASK_INFO without importing it (a test keeps the

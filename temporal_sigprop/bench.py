@@ -42,7 +42,10 @@ from .io import atomic_write_bytes, atomic_write_json
 from .learner import LearnerConfig
 from .measure import count_flops, timer, train_batch_memory
 from .models import make_model
+from .config import TrainConfig
+from .names import LOSS_PLACEMENTS, MODEL_NAMES
 from .registry import METHOD_NAMES, incompatibility, make_learner
+from .validation import MAX_SEED, Rule, check_value, checked, validate
 
 BENCH_COLUMNS = (
     "sweep", "model", "method", "steps", "hidden", "layers", "batch_size", "status", "reason",
@@ -55,17 +58,17 @@ STATUSES = ("ok", "n/a", "oom", "too slow", "error")
 
 @dataclass
 class BenchConfig:
-    model: str = "gru"
+    model: str = checked("gru", choices=MODEL_NAMES)
     """Model whose cost is measured (every method trains the same architecture)."""
-    hidden: int = 32
+    hidden: int = checked(32, ge=1, le=65536)
     """Hidden size for the sequence-length sweep."""
-    layers: int = 1
+    layers: int = checked(1, ge=1, le=64)
     """Recurrent layers."""
-    batch_size: int = 8
+    batch_size: int = checked(8, ge=1, le=1_000_000)
     """Sequences per batch."""
-    input_size: int = 8
+    input_size: int = checked(8, ge=1, le=1_000_000)
     """Features per step of the random input."""
-    classes: int = 10
+    classes: int = checked(10, ge=2, le=100_000)
     """Classes of the random labels."""
     methods: list = field(default_factory=lambda: list(METHOD_NAMES))
     """Methods to measure (default: every registered method)."""
@@ -73,24 +76,37 @@ class BenchConfig:
     """Sequence lengths of the length sweep (hidden = --hidden)."""
     hiddens: list = field(default_factory=lambda: [16, 32, 64, 128, 256])
     """Hidden sizes of the width sweep (T = --hidden-length)."""
-    hidden_length: int = 64
+    hidden_length: int = checked(64, ge=1, le=10_000_000)
     """Sequence length of the width sweep."""
-    loss_at: str = "every"
+    loss_at: str = checked("every", choices=LOSS_PLACEMENTS)
     """Loss placement (every method the same)."""
-    repeats: int = 3
+    repeats: int = checked(3, ge=1, le=1000)
     """Timed train_batch calls per point (median taken); fewer if the time budget runs out."""
-    time_budget: float = 20.0
+    time_budget: float = checked(20.0, gt=0)
     """Seconds one train_batch may take; longer (measured or predicted) is marked 'too slow'."""
-    memory_budget_gb: float = 4.0
+    memory_budget_gb: float = checked(4.0, gt=0)
     """Training memory a point may be predicted to need; more is marked 'oom' without running."""
     device: str = "cpu"
     """Device: cpu or cuda."""
-    threads: int = 1
+    threads: int = checked(1, ge=0)
     """Intra-op CPU threads (stated in the output; compare ratios, not absolute times)."""
-    seed: int = 0
+    seed: int = checked(0, ge=0, le=MAX_SEED)
     """Seed of the random model and data."""
     method_options: dict = field(default_factory=dict)
     """Per-method options, e.g. {'tbptt': {'k': 10}}."""
+
+    def __post_init__(self):
+        validate(self)
+        # the sweeps and the device follow the same rules as a training run's settings
+        for name, values, largest in (("lengths", self.lengths, 10_000_000),
+                                      ("hiddens", self.hiddens, 65536)):
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"--{name} must be a non-empty list of positive integers")
+            for value in values:
+                check_value(name, value, int, Rule(ge=1, le=largest))
+        for method in self.methods:
+            TrainConfig(method=method)
+        TrainConfig(device=self.device, threads=self.threads)
 
     def key(self) -> dict:
         return dataclasses.asdict(self)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import difflib
 import inspect
 import json
 import sys
@@ -145,20 +146,19 @@ def _cmd_train(args) -> int:
 
 
 def parse_key_values(text: str, flag: str) -> dict:
-    """``"a=1,b=x"`` → ``{"a": 1, "b": "x"}`` (ints, floats and true/false are converted)."""
+    """``"a=1,b=x"`` → ``{"a": 1, "b": "x"}``, each value read as task options are
+    (``tasks.registry.parse_value``: ints, floats, true/false, none; else a string)."""
+    from tasks.registry import parse_value
+
     result = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"{flag} expects KEY=VALUE pairs separated by commas, got {item!r}")
-        for convert in (int, float):
-            try:
-                result[key] = convert(value)
-                break
-            except ValueError:
-                continue
-        else:
-            result[key] = {"true": True, "false": False}.get(value.lower(), value)
+        if key in result:
+            raise ConfigError(f"{flag}: {key!r} given twice")
+        result[key] = parse_value(value.strip())
     return result
 
 
@@ -181,11 +181,26 @@ def _cmd_doctor(args) -> int:
     return run_doctor()
 
 
+def _refuse_unknown(parser: argparse.ArgumentParser, args, extra: list[str]) -> None:
+    """Unknown arguments, reported by the subcommand they were given to, with a suggestion."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    target = sub.choices.get(getattr(args, "command", None), parser) if sub else parser
+    known = [opt for action in target._actions for opt in action.option_strings]
+    words = []
+    for item in extra:
+        flag = item.split("=", 1)[0]
+        close = difflib.get_close_matches(flag, known, n=1) if flag.startswith("-") else []
+        words.append(f"{item} (did you mean {close[0]}?)" if close else item)
+    target.error(f"unrecognized argument{'s' if len(extra) > 1 else ''}: {', '.join(words)}")
+
+
 def main(argv=None) -> int:
     from tasks import DataError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _refuse_unknown(parser, args, extra)
     try:
         return args.handler(args)
     except (ConfigError, DataError) as err:

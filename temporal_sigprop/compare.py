@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import dataclasses
 import hashlib
 import json
@@ -57,9 +58,11 @@ from tqdm.auto import tqdm
 from . import harness
 from .environment import environment
 from .errors import ConfigError, IncompatibleError, NonFiniteLossError
+from .config import usable_cores
 from .harness import TrainConfig
 from .io import append_jsonl, atomic_write_json
 from .learner import LearnerConfig, build_options
+from .models import check_model_options
 from .registry import METHOD_NAMES, incompatibility, learner_class, make_learner
 
 PRESET_NAMES = ("smoke", "quick", "full")
@@ -73,7 +76,7 @@ SETTABLE = ("hidden", "layers", "epochs", "batch_size", "loss_at", "optimizer", 
             "eval_batch_size")
 #: TrainConfig fields that do not change a run's result (left out of the cache key).
 NOT_IN_KEY = ("out", "progress", "wandb", "wandb_project", "wandb_group", "resume", "data_dir", "eager",
-              "download")
+              "download", "overwrite", "cache")
 PRESET_KEYS = ("name", "description", "defaults", "models", "methods", "seeds", "lr_search",
                "method_options", "model_options", "tasks", "alignment", "bench")
 TASK_KEYS = ("spec", "models", "overrides", "method_options", "skip")
@@ -94,13 +97,24 @@ def load_preset(name_or_path: str | os.PathLike | dict) -> dict:
     else:
         path = Path(name_or_path)
         if not path.exists():
-            raise ConfigError(f"preset {str(name_or_path)!r} is neither one of "
+            close = difflib.get_close_matches(str(name_or_path), PRESET_NAMES, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"preset {str(name_or_path)!r}{hint} is neither one of "
                               f"{', '.join(PRESET_NAMES)} nor an existing JSON file")
+        if not path.is_file():
+            raise ConfigError(f"preset {path} is not a regular file (a folder, pipe or device); "
+                              "name a JSON file")
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"preset {path}: not UTF-8 text ({err.reason} at byte "
+                              f"{err.start}); save it as UTF-8 JSON") from None
         except json.JSONDecodeError as err:
-            raise ConfigError(f"preset {path}: not valid JSON ({err})") from err
-        raw.setdefault("name", path.stem)
+            raise ConfigError(f"preset {path}: not valid JSON ({err})") from None
+        except OSError as err:
+            raise ConfigError(f"preset {path} cannot be read ({err.strerror or err})") from None
+        if isinstance(raw, dict):
+            raw.setdefault("name", path.stem)
     return validate_preset(raw)
 
 
@@ -114,8 +128,12 @@ def _check_settings(where: str, settings: dict) -> None:
     unknown = sorted(set(settings) - set(SETTABLE))
     _require(not unknown, f"{where}: unknown or not settable field(s) {', '.join(unknown)}; "
                           f"settable: {', '.join(SETTABLE)}")
-    if "loss_at" in settings:
-        LearnerConfig(loss_at=settings["loss_at"])  # raises with the valid choices
+    try:  # the values follow TrainConfig's own rules (types, ranges, choices)
+        TrainConfig(**settings)
+    except ConfigError as err:
+        raise ConfigError(f"preset: {where}: {err}") from None
+    except TypeError as err:
+        raise ConfigError(f"preset: {where}: {err}") from None
 
 
 def validate_preset(raw: dict) -> dict:
@@ -152,6 +170,11 @@ def validate_preset(raw: dict) -> dict:
         _require(m in METHOD_NAMES, f"unknown method {m!r}; choose from {', '.join(METHOD_NAMES)}")
     _require(all(isinstance(s, int) and not isinstance(s, bool) for s in p["seeds"]),
              "seeds must be integers")
+    for seed in p["seeds"]:
+        try:
+            TrainConfig(seed=seed)
+        except ConfigError as err:
+            raise ConfigError(f"preset: seeds: {err}") from None
 
     lr = p.setdefault("lr_search", {})
     _require(isinstance(lr, dict) and set(lr) <= {"lrs"}, "lr_search must be {\"lrs\": {...}}")
@@ -161,8 +184,9 @@ def validate_preset(raw: dict) -> dict:
         _require(key == "default" or key in METHOD_NAMES,
                  f"lr_search.lrs: {key!r} is neither 'default' nor a method")
         _require(isinstance(values, list) and values and all(
-            isinstance(v, (int, float)) and v > 0 for v in values),
-            f"lr_search.lrs.{key} must be a non-empty list of positive numbers")
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf
+            for v in values),
+            f"lr_search.lrs.{key} must be a non-empty list of positive, finite numbers")
         _require(len(set(values)) == len(values), f"lr_search.lrs.{key} has duplicates")
     budget = {len(lrs.get(m, lrs["default"])) for m in p["methods"]}
     _require(len(budget) == 1, "every method must get the same number of learning rates "
@@ -172,10 +196,18 @@ def validate_preset(raw: dict) -> dict:
     p.setdefault("method_options", {})
     p.setdefault("model_options", {})
     _check_method_options("method_options", p["method_options"])
+    _require(isinstance(p["model_options"], dict), "model_options must be an object")
+    for model, opts in p["model_options"].items():
+        _require(isinstance(opts, dict), f"model_options.{model} must be an object")
+        try:
+            check_model_options(model, opts)
+        except ConfigError as err:
+            raise ConfigError(f"preset: model_options: {err}") from None
 
     _require(isinstance(p.get("tasks"), list) and p["tasks"], "tasks must be a non-empty list")
     tasks = []
     for i, t in enumerate(p["tasks"]):
+        _require(isinstance(t, (str, dict)), f"tasks[{i}] must be a task spec string or an object")
         t = {"spec": t} if isinstance(t, str) else dict(t)
         _require(isinstance(t.get("spec"), str) and t["spec"], f"tasks[{i}] needs a 'spec' string")
         bad = sorted(set(t) - set(TASK_KEYS))
@@ -214,6 +246,7 @@ def _check_method_options(where: str, options: dict) -> None:
     _require(isinstance(options, dict), f"{where} must be an object")
     for method, opts in options.items():
         _require(method in METHOD_NAMES, f"{where}: unknown method {method!r}")
+        _require(isinstance(opts, dict), f"{where}.{method} must be an object")
         # Imports the learner: a method that fails to import is a bug and stops the compare here.
         build_options(learner_class(method), dict(opts))
 
@@ -840,9 +873,10 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
                         help="read the scaling section from this bench.csv instead of running it")
     parser.add_argument("--no-bench", dest="bench", action="store_false",
                         help="no scaling measurement (the section says so)")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=int, default=None,
                         help="trainings run at once in worker processes (each with --threads "
-                             "threads); times per step get noisier when jobs share cores")
+                             "threads; default: the usable CPU cores); times per step get "
+                             "noisier when jobs share cores")
     parser.add_argument("--keep-going", action="store_true",
                         help="record a run that raises an error and go on (exit code 1 at the end)")
     parser.add_argument("--report-only", action="store_true",
@@ -856,6 +890,11 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
 def _cmd_compare(args) -> int:
     from . import report
 
+    cores = usable_cores()
+    if args.jobs is not None and not 1 <= args.jobs <= cores:
+        raise ConfigError(f"--jobs must be between 1 and the {cores} usable CPU core(s), got "
+                          f"{args.jobs}")
+    jobs = args.jobs or cores
     preset = load_preset(args.preset)
     out = Path(args.out or f"runs/compare-{preset['name']}")
     if args.report_only:
@@ -872,7 +911,7 @@ def _cmd_compare(args) -> int:
     results = run_compare(preset, out, wandb=args.wandb, wandb_project=args.wandb_project,
                           progress=args.progress, keep_going=args.keep_going,
                           bench_csv=args.bench_csv, bench=args.bench, command=command,
-                          jobs=args.jobs)
+                          jobs=jobs)
     return 1 if any(c["status"] == "error" for c in results["cells"]) else 0
 
 
@@ -885,7 +924,7 @@ def _argv_of(args, out: Path) -> list[str]:
             argv += [f"--{name}", *map(str, value)]
     for name in ("epochs", "max_batches", "device", "threads", "bench_csv", "jobs"):
         value = getattr(args, name)
-        if value is not None and not (name == "jobs" and value == 1):
+        if value is not None:
             argv += ["--" + name.replace("_", "-"), str(value)]
     if not args.bench:
         argv.append("--no-bench")

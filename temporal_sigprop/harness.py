@@ -14,33 +14,28 @@ import dataclasses
 import json
 import math
 import random
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .config import METHOD_DEFAULTS, RESUMABLE_CHANGES, TrainConfig  # noqa: F401 - re-exported
+from .distributed import setup as setup_distributed
 from .environment import environment
+from .names import LR_SCHEDULES  # noqa: F401 - re-exported
 from .errors import ConfigError, NonFiniteLossError
 from .io import append_jsonl, atomic_torch_save, atomic_write_json
-from .learner import LearnerConfig, cosine_lr_factor
+from .learner import cosine_lr_factor
 from .losses import accuracy_per_step
 from .measure import count_flops, peak_rss_bytes, timer, train_batch_memory
 from .models import make_model
-from .registry import learner_class, make_learner
-
-LR_SCHEDULES = ("cosine", "constant")
-#: Settings a method may recommend (``Learner.recommended``) for a run that leaves them unset,
-#: and the values used when it does not.
-METHOD_DEFAULTS = {"lr_schedule": "constant", "weight_decay": 0.0}
-
-#: TrainConfig fields a resumed run may change (a larger --epochs extends a finished run). Any
-#: other difference from the checkpoint's config is refused: its optimizer state, RNG state and
-#: lr curve belong to the settings it was trained with.
-RESUMABLE_CHANGES = ("epochs", "device", "eager", "threads", "data_dir", "download", "out",
-                     "wandb", "wandb_project", "wandb_group", "resume", "eval_batch_size",
-                     "progress")
+from . import run_files
+from .errors import IncompatibleError
+from .learner import build_options
+from .models import check_model_options
+from .registry import incompatibility, learner_class, make_learner
 
 SUMMARY_KEYS = (
     "task", "model", "method", "seed", "epochs", "loss_at", "val_accuracy", "test_accuracy",
@@ -48,82 +43,6 @@ SUMMARY_KEYS = (
     "cuda_peak_bytes", "peak_rss_bytes", "params", "learner_params", "flops_per_step", "device",
     "threads", "torch_version",
 )
-
-
-@dataclass
-class TrainConfig:
-    task: str = "mnist1d"
-    """Task name (see `tsp tasks`), `name:key=value,...` for task options, or `file:PATH.npz`."""
-    model: str = "gru"
-    """Model: rnn, gru, lstm, lif, discrete, mlp, convgru."""
-    method: str = "bptt"
-    """Learning method: bptt, tbptt, rtrl, snap1, eprop, fwdgrad, sigprop."""
-    hidden: int = 128
-    """Units (or channels, for convgru) per recurrent layer."""
-    layers: int = 2
-    """Number of stacked recurrent layers."""
-    epochs: int = 10
-    """Passes over the training split."""
-    batch_size: int = 100
-    """Sequences per training batch."""
-    lr: float = 1e-3
-    """Learning rate (the initial one under --lr-schedule cosine)."""
-    lr_schedule: str | None = None
-    """Learning-rate schedule over all training batches: 'cosine' (decays towards 0 by the last batch) or 'constant' (unset: the method's recommendation — cosine for sigprop, else constant)."""
-    seed: int = 0
-    """Seed for everything: data split and order, initialisation, the learner's randomness."""
-    loss_at: str = "last"
-    """Loss placement for every method: 'last' (final step) or 'every' (every step)."""
-    optimizer: str = "adam"
-    """Optimizer: adam (AdamW, foreach) or sgd."""
-    weight_decay: float | None = None
-    """Decoupled weight decay (unset: the method's recommendation — 0.05 for sigprop, else 0)."""
-    grad_clip: float = 0.0
-    """Clip each update's gradient norm to this value (0 = off)."""
-    device: str = "cpu"
-    """Device: cpu or cuda."""
-    eager: bool = False
-    """Disable the CUDA-graph fast path on --device cuda."""
-    threads: int = 1
-    """Intra-op CPU threads (1 measured fastest for small per-step matrices; 0 = torch default)."""
-    data_dir: str | None = None
-    """Folder with real data sets (default: $TSP_DATA_DIR or ~/.cache/temporal_sigprop)."""
-    download: bool = False
-    """Download a missing real data set where its licence allows."""
-    out: str | None = None
-    """Output folder: config.json, metrics.jsonl, summary.json, checkpoint.pt."""
-    wandb: str | None = None
-    """Log to Weights & Biases: 'offline' or 'online' (off by default; imported only when set)."""
-    wandb_project: str = "temporal_sigprop"
-    """wandb project name."""
-    wandb_group: str | None = None
-    """wandb group (e.g. one compare run)."""
-    resume: bool = False
-    """Continue from OUT/checkpoint.pt if it exists."""
-    max_batches: int = 0
-    """Train on at most this many batches per epoch (0 = all): for smoke runs."""
-    eval_batch_size: int = 500
-    """Sequences per evaluation batch."""
-    progress: bool = True
-    """Show progress bars (automatically off when stderr is not a terminal)."""
-    options: dict = field(default_factory=dict)
-    """The method's own options (e.g. {'k': 5} for tbptt); see `tsp train --help`."""
-    model_options: dict = field(default_factory=dict)
-    """Extra keyword arguments for the model's cells (e.g. {'tau_mem': 20.0} for lif)."""
-
-    def resolved(self) -> "TrainConfig":
-        """A copy with every unset (None) field in ``METHOD_DEFAULTS`` filled in: the method's
-        own recommendation (``Learner.recommended``), else the harness's fallback."""
-        unset = [name for name in METHOD_DEFAULTS if getattr(self, name) is None]
-        if not unset:
-            return self
-        recommended = {**METHOD_DEFAULTS, **learner_class(self.method).recommended}
-        return dataclasses.replace(self, **{name: recommended[name] for name in unset})
-
-    def learner_config(self) -> LearnerConfig:
-        cfg = self.resolved()
-        return LearnerConfig(lr=cfg.lr, loss_at=cfg.loss_at, optimizer=cfg.optimizer,
-                             weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -214,15 +133,27 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
     measures gradient alignment there); it must leave the learner and the RNG as it found them.
     """
     from tasks import get_task  # the harness is the only consumer of the tasks package
+    from tasks.registry import check_task_spec
 
+    cfg = cfg.resolved()  # config.json and the summary record the values actually used
+    cfg, world = setup_distributed(cfg)  # under torchrun; ranks > 0 get no --out, wandb, bars
+    # Everything that can be refused is refused before any data is built or file written.
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA device is available")
-    cfg = cfg.resolved()  # config.json and the summary record the values actually used
-    if cfg.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"unknown --lr-schedule {cfg.lr_schedule!r}; choose one of: "
-                          f"{', '.join(LR_SCHEDULES)}")
-    if cfg.wandb not in (None, "offline", "online"):
-        raise ConfigError(f"--wandb must be offline or online, got {cfg.wandb!r}")
+    reason = incompatibility(cfg.method, cfg.model)
+    if reason:
+        raise IncompatibleError(f"{cfg.method} cannot train {cfg.model}: {reason}")
+    check_task_spec(cfg.task)
+    build_options(learner_class(cfg.method), cfg.options)
+    model_options = check_model_options(cfg.model, cfg.model_options)
+    out = Path(cfg.out) if cfg.out else None
+    checkpoint_path = out / "checkpoint.pt" if out else None
+    resuming = out is not None and run_files.claim_folder(
+        out, dataclasses.asdict(cfg), resume=cfg.resume, overwrite=cfg.overwrite,
+        echo=lambda line: print(line, file=sys.stderr))
+    checkpoint = run_files.load_checkpoint(checkpoint_path, map_location=cfg.device) \
+        if resuming else None
+
     device = torch.device(cfg.device)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -230,32 +161,32 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
 
     task = get_task(cfg.task, data_dir=cfg.data_dir, download=cfg.download, seed=cfg.seed)
     model = make_model(cfg.model, task.input_shape, cfg.hidden, cfg.layers, task.num_classes,
-                       **cfg.model_options).to(device)
+                       **model_options).to(device)
     learner = make_learner(cfg.method, model, cfg.learner_config(), **cfg.options)
     execution = "eager"
     if device.type == "cuda":  # sigprop's CUDA-graph chunks unless --eager (fast.py)
         from .fast import fast_path
         learner, execution = fast_path(learner, device, eager=cfg.eager)
+    learner = world.attach(learner, task.train, cfg)  # data/layer parallel (distributed.py)
     steps = task.input_shape[0]
 
-    out = Path(cfg.out) if cfg.out else None
-    checkpoint_path = out / "checkpoint.pt" if out else None
     loop = {"epoch": 0, "global_step": 0, "best_val": -1.0, "best_epoch": -1,
             "test_at_best_val": None, "timed_seconds": 0.0, "timed_batches": 0,
             "saved_tensor_peak": None, "learner_state_bytes": None, "flops_per_step": None,
             "last_val": None, "last_test": None, "anytime": None}
     if out:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.resume and checkpoint_path.exists():
-            saved = torch.load(checkpoint_path, map_location=device, weights_only=False)
-            _check_resumable(saved, cfg, learner, checkpoint_path)
-            learner.load_state_dict(saved["learner"])
-            loop = saved["loop"]
-            data_generator.set_state(saved["data_generator"])
-            torch.set_rng_state(saved["torch_rng"])
+        if checkpoint is not None:
+            _check_resumable(checkpoint, cfg, learner, checkpoint_path)
+            run_files.restore(learner, checkpoint, data_generator, checkpoint_path)
+            loop = checkpoint["loop"]
+            # a kill between an epoch's metrics line and its checkpoint leaves a line that
+            # the resumed run will write again: keep only the checkpoint's epochs
+            run_files.truncate_metrics(out / "metrics.jsonl", loop["epoch"])
         else:
             (out / "metrics.jsonl").unlink(missing_ok=True)
-        atomic_write_json(out / "config.json", dataclasses.asdict(cfg))
+        with run_files.writing(out / "config.json"):
+            atomic_write_json(out / "config.json", dataclasses.asdict(cfg))
+    loop = world.start(learner, loop, data_generator)  # every rank from rank 0's state
     loop["execution"] = execution
     logger = _WandbLogger(cfg) if cfg.wandb else None
     if device.type == "cuda":
@@ -274,6 +205,7 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
                    disable=None if cfg.progress else True, leave=False)
         losses = []
         for x, y in bar:
+            x, y = world.shard(x, y)  # this rank's rows of the global batch
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.lr_schedule == "cosine":
                 # Per batch, from the global step, so a resumed run continues the same curve.
@@ -290,10 +222,14 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
                     stats = learner.train_batch(x, y)
                 loop["timed_seconds"] += elapsed["seconds"]
                 loop["timed_batches"] += 1
-            loss = float(stats["loss"])
+            loss = world.batch_loss(stats["loss"])  # the global batch's, the same on every rank
             loop["global_step"] += 1
-            if not math.isfinite(loss):
-                message = (f"non-finite loss ({loss}) at epoch {epoch}, step {loop['global_step']}"
+            # A finite loss can still come with a non-finite gradient, which the update writes
+            # into the weights: check the parameters too (one reduction, one sync per batch).
+            problem = (f"non-finite loss ({loss})" if not math.isfinite(loss)
+                       else _non_finite_parameters(learner))
+            if problem:
+                message = (f"{problem} at epoch {epoch}, step {loop['global_step']}"
                            f" of {cfg.method} on {cfg.task}")
                 if checkpoint_path and checkpoint_path.exists():
                     message += f"; the last good checkpoint is {checkpoint_path}"
@@ -305,8 +241,9 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.3f}")
 
-        val = evaluate(learner, task.val, cfg.eval_batch_size, device)
-        test = evaluate(learner, task.test, cfg.eval_batch_size, device)
+        world.end_epoch(learner)  # replicas agree (local SGD: averaged) before eval/checkpoint
+        val = world.evaluate(learner, task.val, cfg.eval_batch_size, device)
+        test = world.evaluate(learner, task.test, cfg.eval_batch_size, device)
         loop.update(epoch=epoch, last_val=val["accuracy"], last_test=test["accuracy"],
                     anytime=test["anytime"])
         if val["accuracy"] > loop["best_val"]:  # model selection on validation only
@@ -321,20 +258,30 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
         if on_epoch_end is not None:
             on_epoch_end(epoch, learner, task)
         if out:
-            append_jsonl(out / "metrics.jsonl", record)
-            atomic_torch_save(checkpoint_path, {
-                "learner": learner.state_dict(), "loop": loop,
-                "data_generator": data_generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "config": dataclasses.asdict(cfg),
-                # every option value, defaults included: a default that changes between
-                # versions must not slip into a resumed run unnoticed
-                "learner_options": dataclasses.asdict(learner.options)})
+            problem = _non_finite_parameters(learner, optimizer_state=True)
+            if problem:  # never let a bad state overwrite the last good checkpoint
+                raise NonFiniteLossError(
+                    f"{problem} after epoch {epoch} of {cfg.method} on {cfg.task}; the last good "
+                    f"checkpoint is {checkpoint_path}", loop["global_step"])
+            with run_files.writing(out / "metrics.jsonl"):
+                append_jsonl(out / "metrics.jsonl", record)
+            with run_files.writing(checkpoint_path):
+                atomic_torch_save(checkpoint_path, {
+                    "learner": learner.state_dict(), "loop": loop,
+                    "data_generator": data_generator.get_state(),
+                    "torch_rng": torch.get_rng_state(), "config": dataclasses.asdict(cfg),
+                    # every option value, defaults included: a default that changes between
+                    # versions must not slip into a resumed run unnoticed
+                    "learner_options": dataclasses.asdict(learner.options)})
         if logger:
             logger.log(record)
 
     summary = _summary(cfg, task, model, learner, loop, device, steps)
+    summary.update(world.describe())  # ranks and communication, under torchrun only
+    world.close()
     if out:
-        atomic_write_json(out / "summary.json", summary)
+        with run_files.writing(out / "summary.json"):
+            atomic_write_json(out / "summary.json", summary)
     if logger:
         logger.finish(summary)
     return summary
@@ -358,6 +305,28 @@ def _check_resumable(checkpoint: dict, cfg: TrainConfig, learner, path: Path) ->
             f"cannot resume {path}: it was trained with {', '.join(changed)}. Resume with the "
             "same settings (only --epochs, --device, --threads, --eval-batch-size and output "
             "options may change), or start a fresh run in another --out")
+
+
+def _non_finite_parameters(learner, optimizer_state: bool = False) -> str | None:
+    """What is non-finite among the learner's parameters (and optimizer state), or None."""
+    named = [*learner.model.named_parameters(),
+             *((f"learner.{i}", p) for i, p in enumerate(learner.own_parameters()))]
+    tensors = [p.detach() for _, p in named]
+    if optimizer_state:
+        for opt_name, opt in learner.optimizers().items():
+            for state in opt.state.values():
+                for key, value in state.items():
+                    if torch.is_tensor(value) and value.is_floating_point():
+                        named.append((f"{opt_name} optimizer {key}", value))
+                        tensors.append(value)
+    if not tensors:
+        return None
+    if torch.nn.utils.get_total_norm(tensors, foreach=True).isfinite():
+        return None
+    for name, tensor in named:  # only on failure: find which one, for the message
+        if not torch.isfinite(tensor).all():
+            return f"non-finite values in {name}"
+    return "non-finite parameters"
 
 
 def _current_lr(learner) -> float | None:

@@ -21,28 +21,26 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .losses import LOSS_PLACEMENTS, scored_count, step_targets
+from .losses import scored_count, step_targets
+from .names import LOSS_PLACEMENTS, OPTIMIZERS
+from .validation import checked, validate
 
 
 @dataclass
 class LearnerConfig:
-    lr: float = 1e-3
+    lr: float = checked(1e-3, gt=0)
     """Learning rate of the optimizer(s)."""
-    loss_at: str = "last"
+    loss_at: str = checked("last", choices=LOSS_PLACEMENTS)
     """Loss placement: 'last' (final step) or 'every' (every step; the anytime setting)."""
-    optimizer: str = "adam"
+    optimizer: str = checked("adam", choices=OPTIMIZERS)
     """Optimizer: 'adam' or 'sgd' (foreach implementations)."""
-    weight_decay: float = 0.0
+    weight_decay: float = checked(0.0, ge=0)
     """Decoupled weight decay (AdamW) or L2 (SGD)."""
-    grad_clip: float = 0.0
+    grad_clip: float = checked(0.0, ge=0)
     """Clip the gradient norm of each update to this value; 0 turns clipping off."""
 
     def __post_init__(self):
-        if self.loss_at not in LOSS_PLACEMENTS:
-            raise ConfigError(f"unknown loss placement {self.loss_at!r}; choose one of: "
-                              f"{', '.join(LOSS_PLACEMENTS)}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: adam, sgd")
+        validate(self)
 
 
 def make_optimizer(params, cfg: LearnerConfig) -> torch.optim.Optimizer:
@@ -153,7 +151,11 @@ def build_options(learner_cls: type[Learner], options: dict):
         valid = ", ".join(sorted(fields)) or "none"
         raise ConfigError(f"method {learner_cls.name!r} has no option(s) {', '.join(unknown)}; "
                           f"its options are: {valid}")
-    return learner_cls.Options(**options)
+    chosen = learner_cls.Options(**options)
+    # the method's options follow the same rules as every other setting (validation.py):
+    # types, finiteness and any range declared beside the option
+    validate(chosen)
+    return chosen
 
 
 def tensor_bytes(*tensors) -> int:

@@ -6,21 +6,13 @@ never imports ``baselines``. A new method is added here, not in the harness or t
 
 from __future__ import annotations
 
+import difflib
 import importlib
 
 from .errors import ConfigError, IncompatibleError
 from .learner import Learner, LearnerConfig, build_options
 
-METHODS: dict[str, str] = {
-    "bptt": "baselines.bptt:BPTT",
-    "tbptt": "baselines.bptt:TBPTT",
-    "rtrl": "baselines.rtrl:RTRL",
-    "snap1": "baselines.snap1:SnAp1",
-    "eprop": "baselines.eprop:EProp",
-    "fwdgrad": "baselines.fwdgrad:ForwardGradient",
-    "sigprop": "temporal_sigprop.sigprop:SigProp",
-}
-METHOD_NAMES = tuple(METHODS)
+from .names import METHOD_NAMES, METHODS  # noqa: E402 - the names live torch-free
 
 _EPROP_CELLS = ("rnn", "lif", "lstm")
 #: (method, model) -> why the pair cannot run. Pairs not listed run (learners may still refuse a
@@ -37,7 +29,10 @@ INCOMPATIBLE: dict[tuple[str, str], str] = {
 
 def learner_class(method: str) -> type[Learner]:
     if method not in METHODS:
-        raise ConfigError(f"unknown method {method!r}; choose one of: {', '.join(METHOD_NAMES)}")
+        close = difflib.get_close_matches(str(method), METHOD_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown method {method!r}{hint}; choose one of: "
+                          f"{', '.join(METHOD_NAMES)}")
     module, _, attr = METHODS[method].partition(":")
     return getattr(importlib.import_module(module), attr)
 

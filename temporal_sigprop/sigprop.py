@@ -92,6 +92,7 @@ from .learner import Learner, tensor_bytes
 from .losses import step_targets
 from .models.cells import ElmanCell, GRUCell, LIFCell, LSTMCell
 from . import sigprop_losses as SL
+from .merged_adam import STATE_MISSING, MergedAdamStep
 
 
 @dataclass
@@ -216,6 +217,7 @@ class SigProp(Learner):
             self._optimizers = {k: self._make_optimizer([{"params": g, "lr": lr_of[k]}])
                                 for k, g in self._groups.items()}
         self._traces = _Traces(self) if o.traces else None
+        self._merged, self._merged_why = None, "not planned yet"
         #: number of optimizer-step events (all layers together) since construction
         self.update_count = 0
 
@@ -366,7 +368,9 @@ class SigProp(Learner):
         fast path (fast.py) runs its chunks through this same function.
         """
         cells = self.model.cells
-        drive = torch.cat([cells[0].drive(frame), target_drive.to(frame.dtype)])
+        if target_drive.dtype != frame.dtype:
+            target_drive = target_drive.to(frame.dtype)
+        drive = torch.cat([cells[0].drive(frame), target_drive])
         new_states, rows = [], []
         for l, cell in enumerate(cells):
             out, new_state, local = cell.recur(drive, state[l])
@@ -388,7 +392,10 @@ class SigProp(Learner):
         only its own gradient — else one call per layer."""
         if len(rows) > 1 and all(z.shape == rows[0].shape for z in rows):
             return self._scored(torch.stack(rows), B, ctx, len(rows))
-        return sum(self._scored(z, B, ctx, 1) for z in rows)
+        total = self._scored(rows[0], B, ctx, 1)  # (not sum(): its 0 + is one more graph node)
+        for z in rows[1:]:
+            total = total + self._scored(z, B, ctx, 1)
+        return total
 
     def _local_loss(self, z, B, ctx: StepLoss):
         """Σ over scored input rows (and leading dims: stacked layers, positions) of the local
@@ -427,15 +434,28 @@ class SigProp(Learner):
     def _update(self):
         for name, group in self._groups.items():
             self.clip(group)
-        for opt in self._optimizers.values():
-            # An optimizer whose parameters got no gradient (the readout's, on the steps its loss
-            # does not score: 39 of 40 for --loss-at last) would skip them anyway; not calling it
-            # is the same update without its Python overhead (≈ 3 % of a time step).
-            if all(p.grad is None for g in opt.param_groups for p in g["params"]):
-                continue
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        plan = self._merged
+        if plan is not None:  # one fused call on the optimizers' own state (merged_adam.py)
+            plan.step([p.grad for p in plan.params])
+            for p in plan.params:
+                p.grad = None
+        else:
+            for opt in self._optimizers.values():
+                # An optimizer whose parameters got no gradient (the readout's, on the steps its
+                # loss does not score: 39 of 40 for --loss-at last) would skip them anyway; not
+                # calling it is the same update without its Python overhead.
+                if all(p.grad is None for g in opt.param_groups for p in g["params"]):
+                    continue
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if self._merged_why == STATE_MISSING:  # torch has just created it
+                self._plan_update()
         self.update_count += 1
+
+    def _plan_update(self):
+        """Once per batch (and after the first steps create the optimizer state): the merged
+        fused update of every optimizer, or None where they must be stepped as usual."""
+        self._merged, self._merged_why = MergedAdamStep.build(self._optimizers.values())
 
     def _run(self, x, y, apply: bool):
         o = self.options
@@ -479,6 +499,8 @@ class SigProp(Learner):
         readout_sum = torch.zeros((), device=x.device, dtype=x.dtype)
         local_sum = torch.zeros((), device=x.device, dtype=x.dtype)
         scored_steps, pending, updates = 0, False, 0
+        if apply:
+            self._plan_update()
 
         def backward_now(z):  # --per-layer-backward: frees this layer's graph at once
             nonlocal local_sum, pending
@@ -487,6 +509,15 @@ class SigProp(Learner):
             local_sum = local_sum + loss_l.detach()
             pending = True
 
+        # per-step views made once (one unbind each, not a select per step)
+        frame_at, local_at, stacked_at, readout_at = (
+            v.unbind(0) for v in (frames, local_t, stacked_t, readout_t))
+        if kind == "sample":
+            row_at, mask_at, index_at = (v.unbind(0) for v in (row_t, row_mask, row_index))
+            drive_view = (-1, *[1] * (self.projection.dim() - 1))
+        per_layer = backward_now if o.per_layer_backward else None
+        linear = o.step_weight == "linear"
+        one = torch.ones((), device=x.device, dtype=x.dtype)  # d total / d total
         for t in range(T):
             score_local = local_counts[t] > 0
             score_readout = readout_counts[t] > 0
@@ -494,36 +525,35 @@ class SigProp(Learner):
                 target_drive, target_labels = self.projection, class_labels
             else:
                 # a step without a label gives its row a zero drive
-                target_drive = self.projection[row_index[t]] \
-                    * row_mask[t].view(-1, *[1] * (self.projection.dim() - 1))
-                target_labels = row_t[t]
+                target_drive = self.projection[index_at[t]] * mask_at[t].view(drive_view)
+                target_labels = row_at[t]
             masks = None
             if score_local and kind == "sample":
-                masks = SL.similarity_masks(local_t[t], target_labels)
-            weight = 2.0 * (t + 1) / (T + 1) if o.step_weight == "linear" else 1.0
-            ctx = StepLoss(kind, local_t[t], masks, weight / max(local_counts[t], 1), shift,
-                           stacked_t[t])
+                masks = SL.similarity_masks(local_at[t], target_labels)
+            weight = 2.0 * (t + 1) / (T + 1) if linear else 1.0
+            ctx = StepLoss(kind, local_at[t], masks, weight / max(local_counts[t], 1), shift,
+                           stacked_at[t])
             total = None
             if traces is not None:
-                traces.step(frames[t], target_drive, target_labels, state, B, ctx, score_local)
+                traces.step(frame_at[t], target_drive, target_labels, state, B, ctx, score_local)
                 out, pending = traces.top_out, pending or score_local
             else:
                 with torch.set_grad_enabled(score_local):  # no local loss: no graph needed
-                    out, state, zs = self.step(frames[t], target_drive, state, score_local,
-                                               backward_now if o.per_layer_backward else None)
+                    out, state, zs = self.step(frame_at[t], target_drive, state, score_local,
+                                               per_layer)
                     if zs:
                         total = self.layers_loss(zs, B, ctx)
                         local_sum = local_sum + total.detach()
             if score_readout:
                 with torch.enable_grad():
                     logits = self.readout(out[:B])
-                    loss_o = F.cross_entropy(logits, readout_t[t], ignore_index=-1,
+                    loss_o = F.cross_entropy(logits, readout_at[t], ignore_index=-1,
                                              reduction="sum") * (1.0 / readout_counts[t])
                 readout_sum = readout_sum + loss_o.detach()
                 scored_steps += 1
                 total = loss_o if total is None else total + loss_o
             if total is not None:  # one backward for every layer's loss and the readout's
-                total.backward()
+                _backward(total, one)
                 pending = True
             if apply and pending and self._due(t, T):
                 self._update()
@@ -724,6 +754,23 @@ class _Traces:
                         p.grad = g if p.grad is None else p.grad + g
             inp = out.detach()
         self.top_out = out.detach()
+
+
+def _backward(total: torch.Tensor, one: torch.Tensor) -> None:
+    """``total.backward(one)``. For a plain tensor outside functorch transforms straight into the
+    autograd engine: ``Tensor.backward``'s Python (argument normalisation, the tensor-subclass
+    dispatch this case does not need) cost more than a small step's whole backward pass
+    (≈ 25 µs of ≈ 40 µs on a one-node graph, measured on the 2-core CPU)."""
+    if type(total) is torch.Tensor and _run_backward is not None \
+            and not torch._C._are_functorch_transforms_active():
+        _run_backward((total,), (one,), False, False, (), True, True)
+    else:
+        total.backward(one)
+
+
+#: the engine entry ``torch.autograd.backward`` ends in: (outputs, grads, retain_graph,
+#: create_graph, inputs, allow_unreachable, accumulate_grad); None if this torch lacks it
+_run_backward = getattr(torch.autograd.graph, "_engine_run_backward", None)
 
 
 @contextlib.contextmanager

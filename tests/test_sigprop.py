@@ -461,3 +461,149 @@ def test_feature_map_loss_is_the_mean_over_positions(rng):
     per_position = [SL.class_embedding_ce(maps[:B, :, i, j], maps[B:, :, i, j], labels, 0.5)
                     for i in range(H) for j in range(W)]
     torch.testing.assert_close(got, torch.stack(per_position).mean())
+
+
+# --------------------------------------------------------------------------- golden values
+# Parameters after 3 training batches of tiny models, produced by the code *before* the per-step
+# overhead work (merged fused AdamW update, engine backward, hoisted per-step views): any change
+# of the numbers a training step produces fails here. float32: the SHA-256 of the parameter bytes
+# (bit for bit), checked where this machine's float32 kernels reproduce the probe's bytes (else the
+# hash cannot be compared across CPUs); float64: per-tensor sum and index-weighted sum, everywhere.
+import hashlib  # noqa: E402
+
+from temporal_sigprop.learner import cosine_lr_factor  # noqa: E402
+
+GOLDEN_RUNS = {
+    "gru_defaults": dict(model="gru", cfg=dict(loss_at="every", weight_decay=0.05), options={}),
+    "lstm_class_last_clip": dict(model="lstm", cfg=dict(loss_at="last", grad_clip=0.1),
+                                 options=dict(target_rows="class", prediction="readout")),
+    "rnn_step_labels_every_k": dict(model="rnn", cfg=dict(loss_at="every"), per_step=True,
+                                    options=dict(schedule="every_k", update_k=2,
+                                                 readout_lr_scale=2.0)),
+    "convgru_last": dict(model="convgru", cfg=dict(loss_at="last"), options={}),
+}
+GOLDEN_PROBE = 'd53e1c704acf0f01dd00'
+GOLDEN = {
+    'gru_defaults': ('79c525ca261c3cb4046e', [
+        0.78734621439465, 20.410526854141587, -0.8375424760748462, -12.469214282373223,
+        -0.34962245368860523, 3.3885759307755308, 1.9059791844344616, 8.2165859430797,
+        -1.849145592171885, -54.581677706919336, 1.172903752367208, 0.3835315266861663,
+        -1.1680119480414146, -175.7453539723897, 2.0757967082200546, 13.56308492738345,
+        -2.3868131533672567, -28.556147764611524, -0.6688151136040688, -1.4679440334439278,
+        -0.7465636805372777, -69.00263890793343, 0.8625393255453155, 5.838392681142768,
+        0.12327125716094534, 0.6895548404922816,
+    ]),
+    'lstm_class_last_clip': ('d5f0e08597c0e35e551f', [
+        -0.840478745360912, -61.57093566137266, 5.103826087188024, 35.03574672302709,
+        1.8093975927250505, 86.0034940855616, 1.2346493394849762, 195.82467436796,
+        6.4266301491781395, 78.92202270063223, -6.366213837792919, -452.54671983816263,
+        -0.9028472919017076, -9.544532530009747, 0.31846772134304047, 0.653724193572998,
+        1.4206449295771693, -103.4076182046804, -1.210082428630018, -6.99107712790022,
+        0.016386980701339704, 0.16840769154223018,
+    ]),
+    'rnn_step_labels_every_k': ('7a199cff1d5efc9b58de', [
+        -0.28650864519882013, -0.14870372035072843, 0.9988864515662823, 3.397704556826006,
+        -0.8684603650054392, 10.264053843960657, -2.0760621292835837, -36.789751215739685,
+        -0.513050247001843, -1.935251937821408, 1.4695009950346547, 36.014011570738155,
+        -0.2615166222676635, 2.8659711638465524, 0.05299961566925049, 0.31532296538352966,
+        2.0912697073938533, -27.033181587134308, -0.08123633672392219, -11.481422106640522,
+        0.002608046503146777, 0.12146256388512322,
+    ]),
+    'convgru_last': ('7cc02b37e3b6940134ae', [
+        -3.3629125225596863, -1169.4385575320446, -0.4396794619292791, -1.612966791776544,
+        -1.1599464568336924, -674.6858679838409, -0.02994004536932887, -0.5610628188569196,
+        0.9838918437537004, -12.625618381821443, 0.37935004259119176, 0.6577306796997029,
+        0.3718218231845502, -28.364389943248867, 0.24117108920345354, 0.39784156962962774,
+        -0.04425079958415336, -5.660561344136921, 0.034051305360901826, 0.5797506981989397,
+        1.2196342274546623, 5.018892414867878, -1.4185603559017181, -3.0396458208560944,
+        7.473024584280022, 50.70600232708816, -0.26445920298234316, 2.199625499218316,
+        -0.2712670656123854, -1.0538571558288792,
+    ]),
+}
+
+
+def _golden_learner(run, dtype):
+    steps = 5
+    shape = (steps, 1, 6, 6) if run["model"] == "convgru" else (steps, 3)
+    torch.manual_seed(2024)
+    model = make_model(run["model"], shape, hidden=2 if run["model"] == "convgru" else 6,
+                       layers=2, num_classes=3).to(dtype)
+    learner = make_learner("sigprop", model, LearnerConfig(lr=1e-2, **run["cfg"]),
+                           **run["options"])
+    g = torch.Generator().manual_seed(7)
+    for batch in range(3):
+        learner.set_lr_factor(cosine_lr_factor(batch, 3))
+        x = torch.randn(6, *shape, generator=g, dtype=dtype)
+        shape_y = (6, steps) if run.get("per_step") else (6,)
+        y = torch.randint(-1 if run.get("per_step") else 0, 3, shape_y, generator=g)
+        learner.train_batch(x, y)
+    return learner
+
+
+def _golden_fingerprint(learner):
+    tensors = [p.detach() for p in [*learner.model.parameters(), *learner.own_parameters()]]
+    digest = hashlib.sha256(b"".join(t.contiguous().numpy().tobytes() for t in tensors))
+    sums = []
+    for t in tensors:
+        flat = t.double().flatten()
+        sums += [float(flat.sum()),
+                 float((flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64)).sum())]
+    return digest.hexdigest()[:20], sums
+
+
+def _golden_platform_probe():
+    """A hash of the float32 kernels a training step uses (matmul, sigmoid, tanh, log-softmax,
+    linear) on fixed inputs: equal only where they round as on the machine that made GOLDEN."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(14, 9, generator=g), torch.randn(9, 18, generator=g)
+    z = a @ b
+    parts = [z, torch.sigmoid(z), torch.tanh(z), torch.log_softmax(z, -1), F.linear(a, b.T, b[0])]
+    return hashlib.sha256(b"".join(p.numpy().tobytes() for p in parts)).hexdigest()[:20]
+
+
+@pytest.mark.parametrize("name", list(GOLDEN_RUNS))
+def test_training_reproduces_the_golden_parameters(name):
+    want32, want64 = GOLDEN[name]
+    _, got64 = _golden_fingerprint(_golden_learner(GOLDEN_RUNS[name], torch.float64))
+    assert got64 == pytest.approx(want64, rel=1e-10, abs=1e-12)
+    if _golden_platform_probe() == GOLDEN_PROBE:
+        got32, _ = _golden_fingerprint(_golden_learner(GOLDEN_RUNS[name], torch.float32))
+        assert got32 == want32, "float32 training no longer bit-identical to the golden run"
+
+
+def test_golden_fingerprint_sees_a_one_ulp_change():
+    """Positive control: nudging one parameter by one float32 ulp changes both fingerprints."""
+    learner = _golden_learner(GOLDEN_RUNS["gru_defaults"], torch.float32)
+    before = _golden_fingerprint(learner)
+    with torch.no_grad():
+        w = learner.model.cells[0].input_weight
+        w[0, 0] = torch.nextafter(w[0, 0], torch.tensor(float("inf")))
+    after = _golden_fingerprint(learner)
+    assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_merged_update_equals_each_optimizers_step(rng):
+    """The merged fused AdamW update (one call over every layer's optimizer) gives the bits of
+    stepping each optimizer: here with readout lr scale 2 (two merged groups), weight decay, a
+    readout that scores only the last step (some updates skip its parameters), float32."""
+    x, y = _batch(rng, _model("gru"))
+    results = []
+    for merged in (True, False):
+        torch.manual_seed(0)
+        model = _model("gru")
+        learner = make_learner("sigprop", model, LearnerConfig(lr=1e-2, loss_at="last",
+                                                               weight_decay=0.05),
+                               readout_lr_scale=2.0)
+        if not merged:  # a step hook makes the learner step each optimizer itself
+            for opt in learner.optimizers().values():
+                opt.register_step_pre_hook(lambda *a: None)
+        for _ in range(3):
+            learner.train_batch(x, y)
+        assert (learner._merged is not None) == merged
+        results.append([p.detach().clone() for p in [*model.parameters(),
+                                                     *learner.own_parameters()]])
+        results[-1] += [v.clone() for opt in learner.optimizers().values()
+                        for s in opt.state.values() for v in s.values()]
+    assert len(results[0]) == len(results[1])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

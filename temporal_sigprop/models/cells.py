@@ -26,6 +26,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..validation import Rule
+
 from .estimators import sign_ste, spike
 
 
@@ -169,6 +171,9 @@ class LIFCell(Cell):
     """
 
     state_type = LIFState
+    #: What each ``--model-options`` key accepts (validation.py): a leak needs τ > 0, and the
+    #: surrogate's slope must be positive for the gradient to point the right way.
+    option_rules = {"tau_mem": Rule(gt=0), "threshold": Rule(gt=0), "surrogate_slope": Rule(gt=0)}
 
     def __init__(self, input_size: int, hidden_size: int, *, tau_mem: float = 10.0,
                  threshold: float = 1.0, surrogate_slope: float = 5.0, recurrent: bool = True):

@@ -51,6 +51,7 @@ from einops import rearrange
 from torch import nn
 
 from ..errors import ConfigError
+from ..validation import Rule
 from .cells import Cell, HiddenState
 from .stack import SequenceModel
 
@@ -182,6 +183,11 @@ class GlobalPoolLinear(nn.Linear):
         if h.dim() > 2:
             h = h.flatten(2).mean(-1)
         return super().forward(h)
+
+
+#: What each ``--model-options`` key of convgru accepts (validation.py).
+CONVGRU_OPTION_RULES = {"kernel_size": Rule(ge=1, le=31), "downsample": Rule(ge=1, le=64),
+                        "stem_channels": Rule(ge=0, le=4096)}
 
 
 def build_convgru(name: str, input_shape, hidden: int, layers: int, num_classes: int, *,
