@@ -97,6 +97,7 @@ class TaskEntry:
             "classes": self.classes,
             "source": self.source,
             "description": self.description,
+            **self.extra,
         }
 
 
