@@ -43,7 +43,7 @@ input for ``input_weight``, 1 for ``bias``, the layer's previous output for ``re
 
 Stacks: traces per layer; the learning signal reaches lower layers by backpropagation through the
 stack *at the same step* (∂out^{l+1}_t/∂out^l_t with every state_{t−1} held fixed), never through
-time — the same rule as SnAp-1 (DESIGN.md). With random feedback, B replaces W_outᵀ at the top
+time — the same rule as SnAp-1 (baselines/snap1.py). With random feedback, B replaces W_outᵀ at the top
 only; lower layers receive the top signal through the true weights of the layers above.
 
 When e-prop is exact: one layer whose neurons receive no recurrent input from other neurons

@@ -5,7 +5,7 @@
 
 For every method and sequence length it prints, as a markdown table:
 
-- ``learning bytes``: DESIGN.md's training memory — the peak live bytes autograd saves for backward
+- ``learning bytes``: the training memory (docs/design.md) — the peak live bytes autograd saves for backward
   (``measure.train_batch_memory``, as the harness measures it: parameters and input excluded)
   plus the learner's own state (``learner.state_bytes``: eligibility vectors, tangents).
 - ``alloc peak``: an independent check — the peak of all CPU tensor allocations during one

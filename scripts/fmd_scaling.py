@@ -6,7 +6,7 @@
 For one-layer models of hidden size n (input features ``--features``, loss at every step) and each
 method it measures one batch of random data:
 
-- ``learn MiB``: DESIGN.md's training memory, with the harness's own code
+- ``learn MiB``: the training memory (docs/design.md), with the harness's own code
   (``measure.train_batch_memory``): peak live bytes autograd saves for backward (parameters and
   input excluded) + ``learner.state_bytes`` (RTRL: influence B·n·p + the per-step Jacobians
   ∂f/∂θ and ∂f/∂s that live beside it + state; SnAp-1: traces B·F·p + one parameter's immediate

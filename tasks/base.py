@@ -1,7 +1,7 @@
 """Shared types and helpers for the task package.
 
 Everything here is data only: no model, learner or harness code, and nothing from
-``temporal_sigprop`` or ``baselines`` is imported (the import graph is a tree, see DESIGN.md).
+``temporal_sigprop`` or ``baselines`` is imported (the import graph is a tree, see docs/design.md).
 
 Conventions every builder follows:
 

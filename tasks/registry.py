@@ -89,7 +89,7 @@ class TaskEntry:
         return fn if self.member is None else functools.partial(fn, self.member)
 
     def as_dict(self) -> dict:
-        """The ``tsp tasks --json`` schema (DESIGN.md, "Names")."""
+        """The ``tsp tasks --json`` schema (docs/design.md, "Names")."""
         return {
             "name": self.name,
             "kind": self.kind,

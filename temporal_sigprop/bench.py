@@ -8,7 +8,7 @@ per point, with the same code the harness uses (``temporal_sigprop.measure``):
 
 - ``time_per_step_ms``: median wall time of a few ``train_batch`` calls, divided by T;
 - ``training_memory_bytes``: peak live bytes autograd saved beyond parameters and input, plus the
-  learner's own state (``learner.state_bytes``) — DESIGN.md's definition;
+  learner's own state (``learner.state_bytes``) — the definition in docs/design.md;
 - ``flops_per_step``: counted by ``torch.utils.flop_counter`` (matmuls/convolutions), divided by T;
 
 and the ratios of each to BPTT at the same point, measured in this run. A point that cannot be

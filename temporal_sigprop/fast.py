@@ -1,7 +1,7 @@
 """Fast execution of temporal sigprop: K time steps per chunk, one CUDA graph per chunk.
 
-Why. Sigprop does a little work at every step of every layer (DESIGN.md, "Temporal signal
-propagation", points 2–5): a batched cell step for the input and target rows, the local losses,
+Why. Sigprop does a little work at every step of every layer (the step written out in sigprop.py's module
+docstring): a batched cell step for the input and target rows, the local losses,
 one backward one step deep, an optimizer step. On a GPU each of these is a handful of tiny kernels,
 so ``SigProp._run`` is bound by kernel launches and Python (reference-figures.md: ≈4 ms per step
 for a 2-layer GRU-256 at batch 128, where the arithmetic takes under a microsecond).

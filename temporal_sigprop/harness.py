@@ -1,7 +1,7 @@
 """The training harness shared by every learner: data, seeding, loop, evaluation, measurement,
 logging and checkpoints. Methods differ only inside ``learner.train_batch``.
 
-Outputs of a run with ``out`` set (DESIGN.md, "Harness, outputs, CLI"):
+Outputs of a run with ``out`` set (docs/design.md, "Outputs of a run"):
     config.json      the TrainConfig
     metrics.jsonl    one line per evaluation (always written)
     summary.json     the final figures (keys listed in SUMMARY_KEYS)

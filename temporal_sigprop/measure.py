@@ -1,4 +1,4 @@
-"""Measuring cost the way DESIGN.md defines it: peak live saved bytes, FLOPs, wall time, RSS."""
+"""Measuring cost the way docs/design.md defines it: peak live saved bytes, FLOPs, wall time, RSS."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def timer(device: torch.device):
 def train_batch_memory(learner, x: torch.Tensor, y: torch.Tensor) -> tuple[int, int, dict]:
     """Run ``learner.train_batch(x, y)`` once under a ``SavedTensorMeter``.
 
-    Returns ``(saved_peak, state_bytes, stats)``; DESIGN.md's ``training_memory_bytes`` is
+    Returns ``(saved_peak, state_bytes, stats)``; ``training_memory_bytes`` (docs/design.md) is
     ``saved_peak + state_bytes`` (peak live saved tensors beyond the parameters and the input
     batch, plus the learner's own state). Shared by the harness and ``tsp bench``.
     """

@@ -1,4 +1,4 @@
-"""Local losses of temporal signal propagation (DESIGN.md, "Temporal signal propagation", point 3).
+"""Local losses of temporal signal propagation (the table in sigprop.py's module docstring).
 
 At layer ``l`` and step ``t`` the input rows give ``h`` and the target rows give ``s`` (``R = C``
 class rows or ``R = B`` sample rows). Every function here takes **row vectors with any leading

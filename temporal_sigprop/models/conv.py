@@ -33,7 +33,7 @@ place the input enters. Upper layers' drives are stride-1 convolutions of the la
 - ``hidden_size = C`` (channels: the readout's input after pooling), ``input_size`` = the number
   of entries of one sample's input, ``frame_shape`` = its shape ``(C_in, H, W)``.
 
-A local loss on a feature map is computed **per position and averaged** (DESIGN, sigprop point 8):
+A local loss on a feature map is computed **per position and averaged** (sigprop on video):
 ``as_positions(h)`` gives ``[B, H'·W', C]`` (each position a C-vector); e.g. class-embedding
 logits per position ``einsum('bpc,kpc->bpk', as_positions(h), as_positions(s)) / τ``, cross-
 entropy at each position, mean over positions. ``model.readout`` is a ``GlobalPoolLinear`` (an
