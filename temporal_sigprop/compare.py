@@ -76,7 +76,7 @@ SETTABLE = ("hidden", "layers", "epochs", "batch_size", "loss_at", "optimizer", 
             "eval_batch_size")
 #: TrainConfig fields that do not change a run's result (left out of the cache key).
 NOT_IN_KEY = ("out", "progress", "wandb", "wandb_project", "wandb_group", "resume", "data_dir", "eager",
-              "download", "overwrite", "cache")
+              "download", "overwrite")
 PRESET_KEYS = ("name", "description", "defaults", "models", "methods", "seeds", "lr_search",
                "method_options", "model_options", "tasks", "alignment", "bench")
 TASK_KEYS = ("spec", "models", "overrides", "method_options", "skip")

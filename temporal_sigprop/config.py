@@ -30,7 +30,7 @@ METHOD_DEFAULTS = {"lr_schedule": "constant", "weight_decay": 0.0}
 #: lr curve belong to the settings it was trained with.
 RESUMABLE_CHANGES = ("epochs", "device", "eager", "threads", "data_dir", "download", "out",
                      "wandb", "wandb_project", "wandb_group", "resume", "overwrite",
-                     "eval_batch_size", "progress", "cache", "dist_timeout")
+                     "eval_batch_size", "progress", "dist_timeout")
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
@@ -101,8 +101,6 @@ class TrainConfig:
     """Sequences per evaluation batch."""
     progress: bool = True
     """Show progress bars (automatically off when stderr is not a terminal)."""
-    cache: bool = True
-    """Reuse generated data sets cached on disk (keyed by their options); --no-cache rebuilds them."""
     dp_mode: str = checked("allreduce", choices=("allreduce", "local_sgd"))
     """Under torchrun: 'allreduce' (every update uses the mean gradient of all ranks' shards, as one process on the whole batch) or 'local_sgd' (each rank steps on its own shard; parameters averaged every --local-sgd-every updates and at each epoch end)."""
     local_sgd_every: int = checked(8, ge=1)

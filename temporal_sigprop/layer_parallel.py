@@ -47,7 +47,6 @@ import math
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from . import sigprop_losses as SL
 from .errors import ConfigError
@@ -261,10 +260,7 @@ class LayerParallelSigProp(Learner):
                     if len(sends) > SEND_WINDOW:
                         world._collective("send of rows", sends.popleft().wait)
             if score_readout:
-                with torch.enable_grad():
-                    logits = learner.readout(out[:B])
-                    loss_o = F.cross_entropy(logits, readout_t[t], ignore_index=-1,
-                                             reduction="sum") * (1.0 / readout_counts[t])
+                loss_o = learner.readout_step_loss(out[:B], readout_t[t], readout_counts[t])
                 readout_sum = readout_sum + loss_o.detach()
                 scored_steps += 1
                 total = loss_o if total is None else total + loss_o

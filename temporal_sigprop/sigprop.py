@@ -1,6 +1,6 @@
 """Temporal signal propagation: forward-only learning for recurrent, spiking and video networks.
 
-DESIGN.md, "Temporal signal propagation". The target travels forward *with* the input, through the
+The target travels forward *with* the input, through the
 same layers and the same recurrent connections, one step at a time; every layer learns from a local
 loss as soon as the forward pass reaches it. No backward pass through time, none across layers.
 
@@ -431,6 +431,14 @@ class SigProp(Learner):
             return (t + 1) % o.update_k == 0 or t == steps - 1
         return t == steps - 1
 
+    def readout_step_loss(self, top_rows, targets, count):
+        """The readout's cross-entropy at one scored step, summed over the input rows and divided
+        by that step's scored-row count (``L^o_t`` in the module docstring)."""
+        with torch.enable_grad():
+            logits = self.readout(top_rows)
+            return F.cross_entropy(logits, targets, ignore_index=-1,
+                                   reduction="sum") * (1.0 / count)
+
     def _update(self):
         for name, group in self._groups.items():
             self.clip(group)
@@ -545,10 +553,7 @@ class SigProp(Learner):
                         total = self.layers_loss(zs, B, ctx)
                         local_sum = local_sum + total.detach()
             if score_readout:
-                with torch.enable_grad():
-                    logits = self.readout(out[:B])
-                    loss_o = F.cross_entropy(logits, readout_at[t], ignore_index=-1,
-                                             reduction="sum") * (1.0 / readout_counts[t])
+                loss_o = self.readout_step_loss(out[:B], readout_at[t], readout_counts[t])
                 readout_sum = readout_sum + loss_o.detach()
                 scored_steps += 1
                 total = loss_o if total is None else total + loss_o
