@@ -55,7 +55,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import harness
+from . import harness, run_files
 from .environment import environment
 from .errors import ConfigError, IncompatibleError, NonFiniteLossError
 from .config import usable_cores
@@ -500,8 +500,10 @@ class Runner:
                                 self.alignment_batches, cfg.batch_size)
                  if alignment_epochs else None)
         try:
-            # looked up on the module so tests (and tools) can observe/replace it
-            return harness.run_training(cfg, on_epoch_end=probe)
+            # looked up on the module so tests (and tools) can observe/replace it; every run
+            # of the matrix resumes by design, so a fresh start is not announced
+            with run_files.quiet_fresh_starts():
+                return harness.run_training(cfg, on_epoch_end=probe)
         except IncompatibleError as err:
             summary = {"status": "n/a", "reason": str(err)}
         except NonFiniteLossError as err:

@@ -24,6 +24,7 @@ Files of a run: ``config.json``, ``metrics.jsonl`` (one line per finished epoch)
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import tempfile
@@ -35,6 +36,20 @@ from .errors import ConfigError
 RUN_FILES = ("config.json", "metrics.jsonl", "summary.json", "checkpoint.pt")
 CHECKPOINT_KEYS = ("learner", "loop", "data_generator", "torch_rng", "config")
 LOOP_KEYS = ("epoch", "global_step", "best_val", "best_epoch")
+
+
+#: Whether ``claim_folder`` says so when ``resume`` finds no checkpoint. ``tsp compare`` resumes
+#: every run of its matrix by design, so it turns the notice off (``quiet_fresh_starts``).
+_ANNOUNCE_FRESH_STARTS = contextvars.ContextVar("announce_fresh_starts", default=True)
+
+
+@contextlib.contextmanager
+def quiet_fresh_starts():
+    token = _ANNOUNCE_FRESH_STARTS.set(False)
+    try:
+        yield
+    finally:
+        _ANNOUNCE_FRESH_STARTS.reset(token)
 
 
 class CheckpointError(ConfigError):
@@ -116,12 +131,13 @@ def claim_folder(out: Path, config: dict, *, resume: bool, overwrite: bool, echo
     if resume and checkpoint.exists():
         return True
     if not held:
-        if resume:
+        if resume and _ANNOUNCE_FRESH_STARTS.get():
             echo(f"tsp: no checkpoint in {out} yet: starting a fresh run there")
         return False
     if resume and _same_run(out / "config.json", config):
         # this run's own folder, killed before its first checkpoint
-        echo(f"tsp: no checkpoint in {out} yet: starting this run afresh")
+        if _ANNOUNCE_FRESH_STARTS.get():
+            echo(f"tsp: no checkpoint in {out} yet: starting this run afresh")
         clear_run(out)
         return False
     raise OutputError(

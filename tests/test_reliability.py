@@ -412,3 +412,13 @@ def test_full_disk_during_checkpoint_write_keeps_the_previous_one(tmp_path, monk
     _assert_clean_refusal(code, err, "No space left on device", "intact")
     assert (out / "checkpoint.pt").read_bytes() == before
     assert not list(out.glob(".*.tmp"))
+
+
+def test_compare_runs_do_not_announce_their_fresh_starts(tmp_path, capsys):
+    """tsp compare resumes every run by design: the notice above would repeat for each one."""
+    from temporal_sigprop.run_files import quiet_fresh_starts
+
+    with quiet_fresh_starts():
+        code, err = _exit_code(["train", *TINY, "--out", str(tmp_path / "new"), "--resume"],
+                               capsys)
+    assert code == 0 and "starting a fresh run" not in err
