@@ -9,13 +9,12 @@ steps back. With k ≥ T it is BPTT; with k = 1 no credit crosses a time step.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from temporal_sigprop.errors import ConfigError
 from temporal_sigprop.learner import Learner, make_optimizer
 from temporal_sigprop.losses import sequence_loss
+from temporal_sigprop.method_options import TBPTTOptions  # declared torch-free there
 
 
 def _detach_state(state):
@@ -48,14 +47,6 @@ class BPTT(Learner):
         self.clip(self.model.parameters())
         self.optimizer.step()
         return {"loss": loss.detach(), "updates": 1}
-
-
-@dataclass
-class TBPTTOptions:
-    k: int = 10
-    """Truncation length: credit reaches at most k steps back."""
-    update_every_chunk: bool = True
-    """Apply an optimizer step after every chunk of k steps (online); else once per sequence."""
 
 
 class TBPTT(Learner):

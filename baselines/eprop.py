@@ -72,7 +72,6 @@ carry an implicit variable; none for ``rnn``).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -83,22 +82,11 @@ from torch import nn
 from temporal_sigprop.errors import ConfigError, IncompatibleError
 from temporal_sigprop.learner import Learner, make_optimizer, tensor_bytes
 from temporal_sigprop.models.cells import ElmanCell, LIFCell, LSTMCell
+from temporal_sigprop.method_options import FEEDBACK_KINDS, LIF_TRACES, EPropOptions  # declared torch-free there
 
 from .fmd_common import OnlineUpdates
 
 _REFUSAL = "e-prop is defined for rnn, lif and lstm cells (Bellec et al. 2020)"
-FEEDBACK_KINDS = ("symmetric", "random")
-LIF_TRACES = ("exact", "reset", "presynaptic")
-
-
-@dataclass
-class EPropOptions:
-    feedback: str = "symmetric"
-    """Learning-signal feedback: 'symmetric' (B = readout weightᵀ) or 'random' (fixed random B)."""
-    lif_trace: str = "exact"
-    """LIF eligibility: 'exact' (own reset differentiated), 'reset' (paper: spike as constant), 'presynaptic' (filtered input only)."""
-    update_every: int = 0
-    """Apply the accumulated update every k steps during the sequence (online e-prop); 0 = once per sequence."""
 
 
 class _Local(NamedTuple):

@@ -41,21 +41,12 @@ O(k·(p + B·n)) with vmap, O(p + B·n) with the loop; flat in T either way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from temporal_sigprop.errors import ConfigError
 from temporal_sigprop.learner import Learner, make_optimizer, tensor_bytes
-
-
-@dataclass
-class ForwardGradientOptions:
-    tangents: int = 1
-    """Number of random tangents k per batch (the estimate's variance falls as 1/k)."""
-    vectorize: bool = True
-    """Carry the k tangents in one pass with vmap; false loops over them (less memory)."""
+from temporal_sigprop.method_options import ForwardGradientOptions  # declared torch-free there
 
 
 class _SequenceLoss(nn.Module):

@@ -51,26 +51,16 @@ gradient of the sequence loss. ``gradient()`` always holds the parameters fixed 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch.func import functional_call, jacrev, vmap
 
 from temporal_sigprop.errors import ConfigError, IncompatibleError
 from temporal_sigprop.learner import Learner, make_optimizer
+from temporal_sigprop.method_options import RTRLOptions  # declared torch-free there
 
 from .fmd_common import (OnlineUpdates, StateLayout, cell_parameters, detach_state,
                          saved_tensor_hooks_suspended, split_parameters, step_loss)
 
-GiB = 1024 ** 3
-
-
-@dataclass
-class RTRLOptions:
-    update_every: int = 0
-    """Apply the gradient every k steps during the sequence (online); 0 = once per sequence."""
-    max_influence_bytes: int = 2 * GiB
-    """Refuse (IncompatibleError) when the influence B·n·p would need more bytes than this."""
 
 
 def _format_bytes(b: float) -> str:

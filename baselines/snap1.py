@@ -73,17 +73,12 @@ from torch.func import functional_call
 
 from temporal_sigprop.errors import ConfigError, IncompatibleError
 from temporal_sigprop.learner import Learner, make_optimizer
+from temporal_sigprop.method_options import SnAp1Options  # declared torch-free there
 
 from .fmd_common import (OnlineUpdates, detach_state, output_field, split_parameters,
                          state_bytes_of, step_loss)
 
 _KNOWN = ("input_weight", "bias", "recurrent_weight", "recurrent_bias")
-
-
-@dataclass
-class SnAp1Options:
-    update_every: int = 0
-    """Apply the gradient every k steps during the sequence (online); 0 = once per sequence."""
 
 
 class _Recur(nn.Module):

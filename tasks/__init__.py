@@ -12,10 +12,19 @@ Offline: ``mnist1d``, ``cue_recall``, ``cue_recall_steps``, ``pulse_count``, ``v
 where allowed): ``smnist``, ``psmnist``, ``moving_mnist_cls``, ``speech_commands``, ``shd``, any
 other archive set as ``uea:NAME`` / ``ucr:NAME``; and ``file:PATH.npz`` for a user's arrays.
 """
-from .base import DataError, TaskData
+from .common import DataError
 from .registry import get_task, list_tasks, parse_task_spec, register_task, TaskEntry, task_names
 
 TASK_NAMES = tuple(task_names())
+
+
+def __getattr__(name):
+    # TaskData lives with the tensors (tasks.base, which imports torch); importing the package
+    # for its names (the command line, ``tsp tasks``) must not load torch.
+    if name == "TaskData":
+        from .base import TaskData
+        return TaskData
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "get_task",

@@ -41,6 +41,7 @@ from einops import rearrange
 from torch.utils.data import TensorDataset
 
 from tasks.base import DataError, TaskData, data_root, split_off, torch_generator
+from tasks.cache import cached_tensors
 from tasks.optional_imports import load_torchaudio
 
 SAMPLE_RATE = 16000
@@ -558,8 +559,20 @@ def build_audio_keywords(*, data_dir=None, download=False, seed=0, **options) ->
                         win_ms=_float_option(name, 'win_ms', o['win_ms'], 1.0, 200.0),
                         kind=o['features'], n_mfcc=_int_option(name, 'n_mfcc', o['n_mfcc'], 1))
 
-    feats = {split: _keyword_features(split, count, classes, data_seed, seconds, noise, cfg)
-             for split, count in (('train', n_train), ('test', n_test))}
+    def generate() -> dict:
+        out = {}
+        for split, count in (('train', n_train), ('test', n_test)):
+            out[f'{split}_x'], out[f'{split}_y'] = _keyword_features(
+                split, count, classes, data_seed, seconds, noise, cfg)
+        return out
+
+    # Synthesis and feature extraction take seconds; the features depend on these options only
+    # (the run seed picks the validation carve below), so one cache entry serves every seed.
+    arrays = cached_tensors(name, dict(n_train=n_train, n_test=n_test, data_seed=data_seed,
+                                       classes=classes, noise=noise, seconds=seconds,
+                                       features=asdict(cfg)),
+                            generate, sources=(__file__,), packages=('torchaudio',))
+    feats = {split: (arrays[f'{split}_x'], arrays[f'{split}_y']) for split in ('train', 'test')}
     train, val = split_off(*feats['train'], val_fraction, (int(seed), name, 'val'))
     xs = normalise_splits(train[0], val[0], feats['test'][0])
     ys = (train[1], val[1], feats['test'][1])

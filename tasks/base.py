@@ -38,17 +38,8 @@ __all__ = [
     "data_root",
 ]
 
-KINDS = ("sequence", "audio", "video")
-LABEL_KINDS = ("sequence", "step")
-SOURCES = ("offline", "download", "user")
-
-
-class DataError(ValueError):
-    """Bad or missing data.
-
-    The message says which array or file is at fault, what was expected and how to fix it.
-    The CLI turns it into exit status 2.
-    """
+# Declared torch-free in tasks.common, so the registry and the command line need no torch.
+from .common import KINDS, LABEL_KINDS, SOURCES, DataError  # noqa: E402,F401 - re-exported
 
 
 @dataclass

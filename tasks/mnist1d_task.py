@@ -20,6 +20,7 @@ import torch
 from einops import rearrange
 
 from .base import DataError, TaskData, make_task_data
+from .cache import cached_tensors
 
 __all__ = ["mnist1d_arrays", "build_mnist1d"]
 
@@ -30,8 +31,22 @@ STANDARD_SEED = 42  # mnist1d.data.get_dataset_args().seed: the published datase
 def mnist1d_arrays(data_seed: int = STANDARD_SEED):
     """``(x_train, y_train, x_test, y_test)`` as read-only float32/int64 numpy arrays.
 
-    Cached: generation takes about a second and the arrays are immutable.
+    Generation takes seconds, so the arrays are kept on disk (``tasks.cache``, keyed by
+    ``data_seed``, the mnist1d version and this file) and in memory (they are immutable).
     """
+    tensors = cached_tensors("mnist1d", {"data_seed": int(data_seed)},
+                             lambda: _generate(int(data_seed)), sources=(__file__,),
+                             packages=("mnist1d",))
+    out = []
+    for key in ("x", "y", "x_test", "y_test"):
+        arr = tensors[key].numpy()
+        arr.setflags(write=False)
+        out.append(arr)
+    return tuple(out)
+
+
+def _generate(data_seed: int) -> dict:
+    """The mnist1d package's ``make_dataset`` with the published arguments, as tensors."""
     try:
         from mnist1d.data import get_dataset_args, make_dataset
         from mnist1d.utils import ObjectView
@@ -47,13 +62,9 @@ def mnist1d_arrays(data_seed: int = STANDARD_SEED):
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    out = []
-    for key, dtype in (("x", np.float32), ("y", np.int64), ("x_test", np.float32),
-                       ("y_test", np.int64)):
-        arr = np.ascontiguousarray(data[key], dtype=dtype)
-        arr.setflags(write=False)
-        out.append(arr)
-    return tuple(out)
+    return {key: torch.from_numpy(np.ascontiguousarray(data[key], dtype=dtype))
+            for key, dtype in (("x", np.float32), ("y", np.int64), ("x_test", np.float32),
+                               ("y_test", np.int64))}
 
 
 def build_mnist1d(*, seed=0, data_dir=None, download=False, data_seed=STANDARD_SEED,

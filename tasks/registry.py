@@ -7,6 +7,13 @@ heavy modules or generates data.
 
 Builder contract: ``builder(*, seed, data_dir, download, **options) -> TaskData`` where
 ``options`` are the task's own options (defaults already filled in when the entry declares them).
+A builder whose generation takes seconds wraps it in ``tasks.cache.cached_tensors``; ``get_task``
+says whether (and where) to cache for the duration of the call.
+
+This module imports no numpy or torch (nor ``tasks.base``, ``tasks.archive``): ``tsp tasks`` and
+the check of a task spec run before anything heavy is loaded. The table below is the one
+declaration of each task's name, kind, shape, classes, source and options; the builders receive
+these options and a test checks that what they build has the declared shape and classes.
 """
 from __future__ import annotations
 
@@ -14,9 +21,13 @@ import difflib
 import functools
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .base import KINDS, SOURCES, DataError, TaskData
+from . import cache as data_cache
+from .common import KINDS, SOURCES, DataError
+
+if TYPE_CHECKING:  # the real import is in get_task: tasks.base needs torch
+    from .base import TaskData
 
 __all__ = [
     "TaskEntry",
@@ -207,12 +218,13 @@ def parse_task_spec(spec: str) -> tuple[str, dict]:
     """
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"empty task spec {spec!r}; valid tasks: {_valid_names_text()}")
-    spec = spec.strip()
-    if spec.startswith(FILE_PREFIX):
-        path = spec[len(FILE_PREFIX):]
+    if spec.lstrip().startswith(FILE_PREFIX):
+        # verbatim: a file name may end in whitespace (stripping it named another file)
+        path = spec.lstrip()[len(FILE_PREFIX):]
         if not path:
             raise DataError("task spec 'file:' needs a path, e.g. file:data/my_task.npz")
         return "file", {"path": path}
+    spec = spec.strip()
     name, sep, rest = spec.partition(":")
     if name.strip() in _FAMILIES:  # PREFIX:NAME[:options]
         family = _FAMILIES[name.strip()]
@@ -331,20 +343,27 @@ def _coerce(task: str, key: str, value, default):
     return value
 
 
-def get_task(spec: str, *, data_dir=None, download: bool = False, seed: int = 0, **overrides):
+def get_task(spec: str, *, data_dir=None, download: bool = False, seed: int = 0,
+             cache: bool = True, cache_dir=None, **overrides):
     """Build a task from its spec, e.g. ``get_task('cue_recall:delay=60', seed=1)``.
 
     ``overrides`` are task options given as keyword arguments; they win over options in the
     spec. ``seed`` is the run seed: it controls the validation split (and nothing of the test
     split); data generation has its own ``data_seed`` option where the task is generated.
+    ``cache=False`` neither reads nor writes the on-disk cache of generated data
+    (``tasks.cache``); ``cache_dir`` is its folder (default: ``$TSP_CACHE_DIR``, else the user's
+    cache folder).
     """
+    from .base import TaskData
+
     name, options = parse_task_spec(spec)
     options.update(overrides)
     entry = _entry(name)
     options = _check_options(entry, options)
     builder = entry.resolve()
     try:
-        data = builder(seed=int(seed), data_dir=data_dir, download=bool(download), **options)
+        with data_cache.settings(cache, cache_dir):
+            data = builder(seed=int(seed), data_dir=data_dir, download=bool(download), **options)
     except MemoryError:
         raise DataError(f"task {name!r}: not enough memory to build it with options "
                         f"{options}; use smaller sizes") from None
@@ -402,6 +421,23 @@ _BUILTIN = [
         limits=dict(frames=10_000, size=1024, **_SIZE_LIMITS),
     ),
     TaskEntry(
+        "seq_digits", "sequence", "tasks.sequential_digits:build_seq_digits", (256, 1), 10,
+        "offline",
+        "handwritten digits read one pixel per step (T = 256; order=row: 16 rows of 16); the "
+        "class is revealed late; test handwriting unseen",
+        dict(order="pixel", side=16, n_train=4000, n_test=1000, noise=0.05, rotate=12.0,
+             shift=1.5, data_seed=0, val_fraction=0.1),
+        limits=dict(side=64, **_SIZE_LIMITS),
+    ),
+    TaskEntry(
+        "cue_recall_long", "sequence", "tasks.synthetic:build_cue_recall_long", (252, 6), 4,
+        "offline",
+        "cue_recall with a 250-step delay (T = 252): the cue must be carried 251 steps",
+        dict(delay=250, classes=4, **_SYNTH_SIZES, noise=0.1, distractors=0.0, data_seed=0,
+             val_fraction=0.1),
+        limits=dict(delay=100_000, classes=1000, **_SIZE_LIMITS),
+    ),
+    TaskEntry(
         "smnist", "sequence", "tasks.mnist:build_smnist", (784, 1), 10, "download",
         "sequential MNIST, pixel by pixel (pixels_per_step=28: row by row); needs the MNIST "
         "files (--download)",
@@ -449,9 +485,9 @@ for _e in _BUILTIN:
     register_task(_e)
 
 # UCR/UEA archive families; the sets that ship offline (inside the aeon package) are listed by
-# name. tasks.archive's metadata is plain data: importing it reads no file.
-from .archive import ARCHIVES as _ARCHIVES, DEFAULT_OPTIONS as _ARCHIVE_OPTIONS  # noqa: E402
-from .archive import OFFLINE_SETS as _ARCHIVE_SETS  # noqa: E402
+# name, from tasks.archive_sets (plain data: importing it reads no file and loads no torch).
+from .archive_sets import ARCHIVES as _ARCHIVES, DEFAULT_OPTIONS as _ARCHIVE_OPTIONS  # noqa: E402
+from .archive_sets import OFFLINE_SETS as _ARCHIVE_SETS  # noqa: E402
 
 for _prefix, _example in (("uea", "JapaneseVowels"), ("ucr", "GunPoint")):
     register_family(TaskFamily(

@@ -37,6 +37,7 @@ __all__ = [
     "cue_recall_arrays",
     "pulse_count_arrays",
     "build_cue_recall",
+    "build_cue_recall_long",
     "build_cue_recall_steps",
     "build_pulse_count",
 ]
@@ -146,6 +147,16 @@ def build_cue_recall(*, seed=0, data_dir=None, download=False, delay=20, classes
                      val_fraction=0.1) -> TaskData:
     """Delayed cue recall with one label per sequence (see the module docstring)."""
     return _build_cue("cue_recall", seed=seed, delay=delay, classes=classes, episodes=1,
+                      recall_len=1, n_train=n_train, n_test=n_test, noise=noise,
+                      distractors=distractors, data_seed=data_seed, val_fraction=val_fraction,
+                      per_step=False)
+
+
+def build_cue_recall_long(*, seed=0, data_dir=None, download=False, delay=250, classes=4,
+                          n_train=2000, n_test=500, noise=0.1, distractors=0.0, data_seed=0,
+                          val_fraction=0.1) -> TaskData:
+    """``cue_recall`` with a 250-step default delay: credit must travel over 250 steps."""
+    return _build_cue("cue_recall_long", seed=seed, delay=delay, classes=classes, episodes=1,
                       recall_len=1, n_train=n_train, n_test=n_test, noise=noise,
                       distractors=distractors, data_seed=data_seed, val_fraction=val_fraction,
                       per_step=False)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 
 from .base import DataError, TaskData, make_task_data, torch_generator
+from .cache import cached_tensors
 
 __all__ = [
     "Sprites",
@@ -256,11 +257,21 @@ def build_video_digits(*, seed=0, data_dir=None, download=False, frames=20, size
     if noise < 0:
         raise DataError(f"task {name!r}: noise must be >= 0, got {noise}")
     source = digit_glyphs()[2]
-    splits = {
-        split: video_digits_arrays(n, frames=frames, size=size, noise=noise, split=split,
-                                   generator=torch_generator(data_seed, name, split))
-        for split, n in (("train", n_train), ("test", n_test))
-    }
+
+    def generate() -> dict:
+        out = {}
+        for split, n in (("train", n_train), ("test", n_test)):
+            out[f"{split}_x"], out[f"{split}_y"] = video_digits_arrays(
+                n, frames=frames, size=size, noise=noise, split=split,
+                generator=torch_generator(data_seed, name, split))
+        return out
+
+    # Rendering takes seconds; the clips depend on these options and the glyph source only (the
+    # run seed picks the validation carve afterwards), so one cache entry serves every seed.
+    arrays = cached_tensors(name, dict(frames=frames, size=size, n_train=n_train, n_test=n_test,
+                                       noise=noise, data_seed=data_seed, glyphs=source),
+                            generate, sources=(__file__,), packages=("scikit-learn",))
+    splits = {split: (arrays[f"{split}_x"], arrays[f"{split}_y"]) for split in ("train", "test")}
     return make_task_data(
         name=name, kind="video", num_classes=10, label_kind="sequence",
         train=splits["train"], test=splits["test"], val_fraction=val_fraction, seed=seed,

@@ -2,11 +2,23 @@
 temporal signal propagation on one harness."""
 
 from .errors import ConfigError, IncompatibleError, NonFiniteLossError
-from .learner import Learner, LearnerConfig
-from .models import MODEL_NAMES, make_model
-from .registry import METHOD_NAMES, make_learner
+from .names import METHOD_NAMES, MODEL_NAMES
+from .registry import make_learner
 
 __version__ = "0.1.0"
+
+# Resolved on first use: they import torch, and importing the package (the command line, a check
+# of a run's settings) must not.
+_LAZY = {"make_model": ".models", "Learner": ".learner", "LearnerConfig": ".learner"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_task(spec, **kwargs):

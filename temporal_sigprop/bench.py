@@ -24,14 +24,12 @@ Absolute times depend on the machine and on what else runs on it; compare ratios
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import io
 import math
 import os
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,10 +40,8 @@ from .io import atomic_write_bytes, atomic_write_json
 from .learner import LearnerConfig
 from .measure import count_flops, timer, train_batch_memory
 from .models import make_model
-from .config import TrainConfig
-from .names import LOSS_PLACEMENTS, MODEL_NAMES
+from .config import BenchConfig  # noqa: F401 - declared torch-free there; re-exported
 from .registry import METHOD_NAMES, incompatibility, make_learner
-from .validation import MAX_SEED, Rule, check_value, checked, validate
 
 BENCH_COLUMNS = (
     "sweep", "model", "method", "steps", "hidden", "layers", "batch_size", "status", "reason",
@@ -54,62 +50,6 @@ BENCH_COLUMNS = (
     "params", "learner_params", "timed_repeats", "device", "threads",
 )
 STATUSES = ("ok", "n/a", "oom", "too slow", "error")
-
-
-@dataclass
-class BenchConfig:
-    model: str = checked("gru", choices=MODEL_NAMES)
-    """Model whose cost is measured (every method trains the same architecture)."""
-    hidden: int = checked(32, ge=1, le=65536)
-    """Hidden size for the sequence-length sweep."""
-    layers: int = checked(1, ge=1, le=64)
-    """Recurrent layers."""
-    batch_size: int = checked(8, ge=1, le=1_000_000)
-    """Sequences per batch."""
-    input_size: int = checked(8, ge=1, le=1_000_000)
-    """Features per step of the random input."""
-    classes: int = checked(10, ge=2, le=100_000)
-    """Classes of the random labels."""
-    methods: list = field(default_factory=lambda: list(METHOD_NAMES))
-    """Methods to measure (default: every registered method)."""
-    lengths: list = field(default_factory=lambda: [16, 64, 256, 1024, 4096])
-    """Sequence lengths of the length sweep (hidden = --hidden)."""
-    hiddens: list = field(default_factory=lambda: [16, 32, 64, 128, 256])
-    """Hidden sizes of the width sweep (T = --hidden-length)."""
-    hidden_length: int = checked(64, ge=1, le=10_000_000)
-    """Sequence length of the width sweep."""
-    loss_at: str = checked("every", choices=LOSS_PLACEMENTS)
-    """Loss placement (every method the same)."""
-    repeats: int = checked(3, ge=1, le=1000)
-    """Timed train_batch calls per point (median taken); fewer if the time budget runs out."""
-    time_budget: float = checked(20.0, gt=0)
-    """Seconds one train_batch may take; longer (measured or predicted) is marked 'too slow'."""
-    memory_budget_gb: float = checked(4.0, gt=0)
-    """Training memory a point may be predicted to need; more is marked 'oom' without running."""
-    device: str = "cpu"
-    """Device: cpu or cuda."""
-    threads: int = checked(1, ge=0)
-    """Intra-op CPU threads (stated in the output; compare ratios, not absolute times)."""
-    seed: int = checked(0, ge=0, le=MAX_SEED)
-    """Seed of the random model and data."""
-    method_options: dict = field(default_factory=dict)
-    """Per-method options, e.g. {'tbptt': {'k': 10}}."""
-
-    def __post_init__(self):
-        validate(self)
-        # the sweeps and the device follow the same rules as a training run's settings
-        for name, values, largest in (("lengths", self.lengths, 10_000_000),
-                                      ("hiddens", self.hiddens, 65536)):
-            if not isinstance(values, list) or not values:
-                raise ConfigError(f"--{name} must be a non-empty list of positive integers")
-            for value in values:
-                check_value(name, value, int, Rule(ge=1, le=largest))
-        for method in self.methods:
-            TrainConfig(method=method)
-        TrainConfig(device=self.device, threads=self.threads)
-
-    def key(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def _is_oom(err: BaseException) -> bool:
@@ -336,39 +276,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 # ---------------------------------------------------------------------------------- CLI
-
-
-def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "bench", help="time, memory and FLOPs against sequence length and hidden size",
-        description=__doc__.split("\n\n")[0])
-    from .cli import field_docs  # the CLI module is loaded already when this runs
-
-    docs = field_docs(BenchConfig)
-    defaults = BenchConfig()
-    for f in dataclasses.fields(BenchConfig):
-        if f.name == "method_options":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        shown = " ".join(map(str, default)) if isinstance(default, list) else default
-        help_text = f"{docs.get(f.name, '')} (default: {shown})"
-        # default None: a flag given explicitly wins over --preset, which wins over the default
-        if isinstance(default, list):
-            kind = str if f.name == "methods" else int
-            parser.add_argument(flag, dest=f.name, nargs="+", type=kind, default=None,
-                                help=help_text)
-        else:
-            parser.add_argument(flag, dest=f.name, type=type(default), default=None,
-                                help=help_text)
-    parser.add_argument("--preset", default=None,
-                        help="start from the bench settings of a compare preset (smoke, quick, "
-                             "full or a JSON path); flags given explicitly still win")
-    parser.add_argument("--out", default="runs/bench", help="output folder (default: runs/bench)")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bar")
-    parser.set_defaults(handler=_cmd_bench)
-    return parser
+# The flags are declared torch-free in subcommands.py (so `tsp bench --help` answers at once).
+from .subcommands import add_bench_parser  # noqa: E402,F401 - re-exported
 
 
 def bench_config_from(settings: dict) -> BenchConfig:

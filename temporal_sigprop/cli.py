@@ -5,8 +5,13 @@
     tsp doctor
 
 Every field of ``TrainConfig`` is a flag; every field of every method's ``Options`` is a flag too,
-accepted only with a method that has it. Bad input exits with code 2 and a message, never a
-traceback; a diverged run exits with code 3.
+accepted only with a method that has it. Bad input exits with code 2 and a one-line message, never
+a traceback; a diverged run exits with code 3.
+
+Nothing here imports torch until a command needs it: the parsers are built from torch-free
+declarations (``config.py``, ``method_options.py``, ``model_options.py``, ``subcommands.py``,
+``tasks.registry``), and a run's settings are checked against them (``check_before_loading``)
+before the harness is imported, so ``--help``, ``tsp tasks`` and every usage error answer at once.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import sys
 import textwrap
 import typing
 
+from .config import TrainConfig, check_before_loading
 from .errors import ConfigError, NonFiniteLossError
-from .harness import TrainConfig, run_training
-from .registry import METHOD_NAMES, learner_class
+from .method_options import option_owners, options_class
+from .names import METHOD_NAMES
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
@@ -74,17 +80,16 @@ def _add_dataclass_flags(parser, cls, *, skip=(), defaults=True, help_prefix=Non
     return added
 
 
-def _method_option_owners() -> dict[str, list[str]]:
-    """option name → methods that have it (imports every registered learner)."""
-    owners: dict[str, list[str]] = {}
-    for method in METHOD_NAMES:
-        for f in dataclasses.fields(learner_class(method).Options):
-            owners.setdefault(f.name, []).append(method)
-    return owners
+class _Parser(argparse.ArgumentParser):
+    """A usage error is one line (the usage of ``tsp train`` alone is dozens), naming the command
+    and where to look; exit code 2 as argparse's own."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tsp", description="Temporal credit assignment: BPTT, forward-mode differentiation "
                                 "and temporal signal propagation on one harness.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,13 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_flags(train, TrainConfig, skip=("options", "model_options"), defaults=True)
     method_group = train.add_argument_group(
         "method options", "each applies only to the methods named in brackets")
-    owners = _method_option_owners()
+    owners = option_owners(METHOD_NAMES)
     clash = sorted(set(owners) & {f.name for f in dataclasses.fields(TrainConfig)})
     if clash:  # a programming error in a learner, caught by every CLI test
         raise RuntimeError(f"method options {clash} clash with TrainConfig fields; rename them")
     seen: set[str] = set()
     for method in METHOD_NAMES:
-        added = _add_dataclass_flags(method_group, learner_class(method).Options, defaults=False,
+        added = _add_dataclass_flags(method_group, options_class(method), defaults=False,
                                      skip=seen, help_prefix=lambda n: f"[{', '.join(owners[n])}] ")
         seen.update(added)
     train.add_argument("--model-options", default="", metavar="KEY=VALUE,...",
@@ -115,34 +120,51 @@ def build_parser() -> argparse.ArgumentParser:
                                            "components load; exit 1 naming the fix if not")
     doctor.set_defaults(handler=_cmd_doctor)
 
-    for name, target in (("compare", "temporal_sigprop.compare:add_compare_parser"),
-                         ("bench", "temporal_sigprop.bench:add_bench_parser")):
-        module, _, attr = target.partition(":")
-        try:
-            adder = getattr(__import__(module, fromlist=[attr]), attr)
-        except (ImportError, AttributeError):
-            continue  # the command is not built yet
-        adder(sub)
+    from .subcommands import add_bench_parser, add_compare_parser  # torch-free, as this module
+    add_compare_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 
 def _cmd_train(args) -> int:
     options = {name: getattr(args, name) for name in args._option_names
                if getattr(args, name) is not None}
-    valid = {f.name for f in dataclasses.fields(learner_class(args.method).Options)}
+    valid = {f.name for f in dataclasses.fields(options_class(args.method))}
     wrong = sorted(set(options) - valid)
     if wrong:
         flags = ", ".join("--" + w.replace("_", "-") for w in wrong)
-        raise ConfigError(f"{flags} does not apply to method {args.method!r}; its options are: "
+        owners = option_owners(METHOD_NAMES)
+        whose = sorted({m for w in wrong for m in owners.get(w, [])})
+        raise ConfigError(f"{flags} does not apply to method {args.method!r} (an option of "
+                          f"{', '.join(whose)}); its options are: "
                           f"{', '.join(sorted(valid)) or 'none'}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"options", "model_options"}
     cfg = TrainConfig(**{k: getattr(args, k) for k in fields}, options=options,
                       model_options=parse_key_values(args.model_options, "--model-options"))
-    summary = run_training(cfg)
+    check_before_loading(cfg)  # every usage error is refused here, before torch is imported
+    from .harness import run_training
+
+    summary = run_training(
+        cfg, on_record=lambda record, loop: _print_epoch(record, loop, cfg.epochs))
     keys = ("task", "model", "method", "val_accuracy", "test_accuracy_at_best_val",
             "time_per_step_ms", "training_memory_bytes")
-    print(json.dumps({k: summary[k] for k in keys}, indent=2))
+    if summary.get("rank", 0) == 0:  # under torchrun, one summary on stdout (rank 0's)
+        print(json.dumps({k: summary[k] for k in keys}, indent=2))
     return 0
+
+
+def _print_epoch(record: dict, loop: dict, epochs: int) -> None:
+    """One line per epoch on stderr (stdout carries the summary JSON)."""
+    parts = [f"epoch {record['epoch']}/{epochs}"]
+    if record.get("train_loss") is not None:
+        parts.append(f"train loss {record['train_loss']:.4f}")
+    for key, label in (("val_accuracy", "val"), ("test_accuracy", "test")):
+        if record.get(key) is not None:
+            parts.append(f"{label} {100 * record[key]:.2f} %")
+    line = "  ".join(parts)
+    if loop.get("best_epoch", -1) > 0:
+        line += f"  (best val {100 * loop['best_val']:.2f} % at epoch {loop['best_epoch']})"
+    print(line, file=sys.stderr, flush=True)
 
 
 def parse_key_values(text: str, flag: str) -> dict:
@@ -168,11 +190,15 @@ def _cmd_tasks(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    width = max(len(r["name"]) for r in rows)
-    for r in rows:
-        shape = "×".join(str(s) for s in r["input_shape"])
-        print(f"{r['name']:<{width}}  {r['kind']:<8}  {shape:<14}  {r['classes']:>3} classes  "
-              f"{r['source']:<8}  {r['description']}")
+    table = [("TASK", "KIND", "SHAPE (T×...)", "CLASSES", "SOURCE", "DESCRIPTION")]
+    table += [(r["name"], r["kind"], "×".join(str(s) for s in r["input_shape"]),
+               str(r["classes"]), r["source"], r["description"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
+    for row in table:
+        cells = [row[i].rjust(widths[i]) if i == 3 else row[i].ljust(widths[i]) for i in range(5)]
+        print("  ".join(cells + [row[5]]))
+    print("\nTask options go after a colon (cue_recall:delay=60); archive sets take "
+          "uea:NAME / ucr:NAME from --data-dir; your own arrays: file:PATH.npz.")
     return 0
 
 
@@ -195,7 +221,7 @@ def _refuse_unknown(parser: argparse.ArgumentParser, args, extra: list[str]) -> 
 
 
 def main(argv=None) -> int:
-    from tasks import DataError
+    from tasks.common import DataError
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -204,11 +230,16 @@ def main(argv=None) -> int:
     try:
         return args.handler(args)
     except (ConfigError, DataError) as err:
-        print(f"tsp: error: {err}", file=sys.stderr)
+        print(f"tsp: error: {_one_line(err)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except NonFiniteLossError as err:
-        print(f"tsp: training stopped: {err}", file=sys.stderr)
+        print(f"tsp: training stopped: {_one_line(err)}", file=sys.stderr)
         return EXIT_DIVERGED
+
+
+def _one_line(err: Exception) -> str:
+    """The message on one line: a user's value (a path, a task option) may hold line breaks."""
+    return str(err).replace("\r", "\\r").replace("\n", "\\n")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@ harness (``run_training``), each run in its own folder. Fair by construction:
   chosen, then the other seeds train at it. The first seed's search run at the chosen rate *is*
   that seed's run (same configuration, so it is not run twice). Test accuracy is reported at the
   epoch of best validation accuracy; the test split never selects anything.
+- **A grid that brackets the choice**: a rate chosen at the edge of the candidates tried adds one
+  more candidate a grid step beyond that edge and the choice is made again, at most
+  ``lr_search.widen`` times (the same bound for every method; ``CellSearch``). A pair still at
+  the edge after that is recorded as not tuned (``lr_tuned: false``) and the report names no
+  winner from it.
 - Pairs that cannot run are kept: the registry's compatibility table or a learner refusing the
   size at construction gives "n/a — why"; a preset may also skip a pair, with its reason, shown
   the same way. A run whose loss becomes NaN/inf is "diverged at step N".
@@ -39,7 +44,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import difflib
+import datetime as _dt
 import dataclasses
 import hashlib
 import json
@@ -49,6 +54,7 @@ import re
 import shlex
 import statistics
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -65,8 +71,7 @@ from .learner import LearnerConfig, build_options
 from .models import check_model_options
 from .registry import METHOD_NAMES, incompatibility, learner_class, make_learner
 
-PRESET_NAMES = ("smoke", "quick", "full")
-DEFAULT_PRESET = "quick"
+from .subcommands import DEFAULT_PRESET, PRESET_NAMES, check_preset_name  # noqa: F401 - re-exported
 
 #: TrainConfig fields a preset may set (globally or per task). The rest are the matrix's axes
 #: (task, model, method, seed, lr), per-method/model options, or belong to the compare itself.
@@ -76,10 +81,14 @@ SETTABLE = ("hidden", "layers", "epochs", "batch_size", "loss_at", "optimizer", 
             "eval_batch_size")
 #: TrainConfig fields that do not change a run's result (left out of the cache key).
 NOT_IN_KEY = ("out", "progress", "wandb", "wandb_project", "wandb_group", "resume", "data_dir", "eager",
+              "cache", "cache_dir",
               "download", "overwrite")
 PRESET_KEYS = ("name", "description", "defaults", "models", "methods", "seeds", "lr_search",
                "method_options", "model_options", "tasks", "alignment", "bench")
 TASK_KEYS = ("spec", "models", "overrides", "method_options", "skip")
+#: How many learning rates a pair may add beyond its grid's edge (``lr_search.widen``): enough to
+#: walk two grid steps past it, few enough that the run count stays bounded (see ``CellSearch``).
+DEFAULT_LR_WIDENINGS = 2
 
 
 # ============================================================================ presets
@@ -96,11 +105,7 @@ def load_preset(name_or_path: str | os.PathLike | dict) -> dict:
         raw = json.loads(text)
     else:
         path = Path(name_or_path)
-        if not path.exists():
-            close = difflib.get_close_matches(str(name_or_path), PRESET_NAMES, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"preset {str(name_or_path)!r}{hint} is neither one of "
-                              f"{', '.join(PRESET_NAMES)} nor an existing JSON file")
+        check_preset_name(path)
         if not path.is_file():
             raise ConfigError(f"preset {path} is not a regular file (a folder, pipe or device); "
                               "name a JSON file")
@@ -111,11 +116,32 @@ def load_preset(name_or_path: str | os.PathLike | dict) -> dict:
                               f"{err.start}); save it as UTF-8 JSON") from None
         except json.JSONDecodeError as err:
             raise ConfigError(f"preset {path}: not valid JSON ({err})") from None
+        except RecursionError:  # json's decoder recurses once per nested list/object
+            raise ConfigError(f"preset {path}: JSON nested too deeply to read; a preset is a "
+                              "few levels of objects and lists") from None
         except OSError as err:
             raise ConfigError(f"preset {path} cannot be read ({err.strerror or err})") from None
         if isinstance(raw, dict):
             raw.setdefault("name", path.stem)
     return validate_preset(raw)
+
+
+#: Deepest nesting of objects/lists a preset may have (the schema needs 5): copying or checking
+#: a far deeper one would exhaust Python's recursion limit.
+MAX_PRESET_DEPTH = 32
+
+
+def _depth(value) -> int:
+    """How deeply lists and dicts nest in ``value`` (counted without recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, level)
+            if level <= MAX_PRESET_DEPTH:
+                stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict)
+                                                      else item))
+    return deepest
 
 
 def _require(cond: bool, message: str) -> None:
@@ -143,8 +169,10 @@ def validate_preset(raw: dict) -> dict:
     ``defaults``: TrainConfig fields for every run (``SETTABLE``), e.g. epochs, hidden, layers,
         batch_size, loss_at, max_batches, threads, device.
     ``models``, ``methods``: lists of names; ``seeds``: list of ints (the first one searches lr).
-    ``lr_search``: ``{"lrs": {"default": [...], "<method>": [...]}}`` — every method's list has
-        the same length (the budget).
+    ``lr_search``: ``{"lrs": {"default": [...], "<method>": [...]}, "widen": 2}`` — every
+        method's list has the same length (the budget); ``widen`` (default
+        ``DEFAULT_LR_WIDENINGS``) is how many candidates a pair may add beyond its grid's edge
+        when its choice lands there (see ``CellSearch``), the same bound for every method.
     ``method_options``: ``{"<method>": {option: value}}`` (the method's ``Options`` fields).
     ``model_options``: ``{"<model>": {option: value}}`` (cell keyword arguments).
     ``tasks``: list of task specs (``"cue_recall:delay=20"``) or objects ``{"spec", "models",
@@ -153,11 +181,15 @@ def validate_preset(raw: dict) -> dict:
     ``bench``: ``tsp bench`` settings (BenchConfig fields) or null (no scaling section).
     """
     _require(isinstance(raw, dict), "must be a JSON object")
+    _require(_depth(raw) <= MAX_PRESET_DEPTH, f"nested more than {MAX_PRESET_DEPTH} levels deep; "
+                                              "a preset is a few levels of objects and lists")
     unknown = sorted(set(raw) - set(PRESET_KEYS))
     _require(not unknown, f"unknown key(s) {', '.join(unknown)}; valid: {', '.join(PRESET_KEYS)}")
     p = copy.deepcopy(raw)
     p.setdefault("name", "custom")
     p.setdefault("description", "")
+    for key in ("name", "description"):
+        _require(isinstance(p[key], str), f"{key} must be text, got {p[key]!r:.60}")
     p.setdefault("defaults", {})
     _check_settings("defaults", p["defaults"])
     p.setdefault("models", ["gru"])
@@ -177,8 +209,15 @@ def validate_preset(raw: dict) -> dict:
             raise ConfigError(f"preset: seeds: {err}") from None
 
     lr = p.setdefault("lr_search", {})
-    _require(isinstance(lr, dict) and set(lr) <= {"lrs"}, "lr_search must be {\"lrs\": {...}}")
+    _require(isinstance(lr, dict) and set(lr) <= {"lrs", "widen"},
+             "lr_search must be {\"lrs\": {...}, \"widen\": n}")
+    widen = lr.setdefault("widen", DEFAULT_LR_WIDENINGS)
+    _require(isinstance(widen, int) and not isinstance(widen, bool) and 0 <= widen <= 10,
+             f"lr_search.widen must be an integer from 0 to 10 (extra candidates beyond the "
+             f"grid's edge), got {widen!r:.40}")
     lrs = lr.setdefault("lrs", {})
+    _require(isinstance(lrs, dict), "lr_search.lrs must be an object {\"default\": [...], "
+                                    "\"<method>\": [...]}")
     lrs.setdefault("default", [1e-3])
     for key, values in lrs.items():
         _require(key == "default" or key in METHOD_NAMES,
@@ -213,11 +252,17 @@ def validate_preset(raw: dict) -> dict:
         bad = sorted(set(t) - set(TASK_KEYS))
         _require(not bad, f"tasks[{i}]: unknown key(s) {', '.join(bad)}; valid: {', '.join(TASK_KEYS)}")
         t.setdefault("models", p["models"])
+        _require(isinstance(t["models"], list) and t["models"]
+                 and all(isinstance(m, str) for m in t["models"])
+                 and len(set(t["models"])) == len(t["models"]),
+                 f"tasks[{i}].models must be a non-empty list of distinct model names")
         t.setdefault("overrides", {})
         t.setdefault("method_options", {})
         t.setdefault("skip", {})
         _check_settings(f"tasks[{i}].overrides", t["overrides"])
         _check_method_options(f"tasks[{i}].method_options", t["method_options"])
+        _require(isinstance(t["skip"], dict), f"tasks[{i}].skip must be an object "
+                                              "{\"<method>\": \"why\"}")
         for m, why in t["skip"].items():
             _require(m in METHOD_NAMES and isinstance(why, str) and why,
                      f"tasks[{i}].skip maps a method to the reason it is skipped")
@@ -231,11 +276,17 @@ def validate_preset(raw: dict) -> dict:
                  "alignment must be {\"epochs\": [...], \"batches\": n} or null")
         align.setdefault("epochs", [0, "mid", "last"])
         align.setdefault("batches", 2)
-        _require(all(e in ("mid", "last") or (isinstance(e, int) and e >= 0)
+        _require(isinstance(align["epochs"], list), "alignment.epochs must be a list")
+        _require(isinstance(align["batches"], int) and not isinstance(align["batches"], bool)
+                 and align["batches"] >= 1, "alignment.batches must be an integer ≥ 1")
+        _require(all(e in ("mid", "last") or (isinstance(e, int) and not isinstance(e, bool)
+                                               and e >= 0)
                      for e in align["epochs"]), "alignment.epochs: integers, 'mid' or 'last'")
     if p.get("bench") is not None:
         from .bench import bench_config_from
 
+        _require(isinstance(p["bench"], dict), "bench must be an object of tsp bench settings "
+                                               "or null")
         bench_config_from(p["bench"])  # validates the keys
     else:
         p["bench"] = None
@@ -331,6 +382,7 @@ def plan(preset: dict) -> list[dict]:
             for method in preset["methods"]:
                 cell = {"task": task["spec"], "model": model, "method": method,
                         "reason": None, "lrs": list(lrs.get(method, lrs["default"])),
+                        "widen": preset["lr_search"].get("widen", DEFAULT_LR_WIDENINGS),
                         "seeds": list(preset["seeds"])}
                 reason = incompatibility(method, model)
                 if reason:
@@ -350,9 +402,42 @@ def plan(preset: dict) -> list[dict]:
 
 
 def planned_runs(cell: dict) -> int:
+    """Runs a cell makes unless its search widens (each widening adds one)."""
     if cell["reason"]:
         return 0
     return len(cell["lrs"]) + len(cell["seeds"]) - 1
+
+
+def widened_lr(tried: list[float], side: str) -> float:
+    """The candidate one grid step beyond the ``side`` ('largest' or 'smallest') edge of the rates
+    ``tried``: the step is the ratio between the edge and its neighbour, and the result is rounded
+    (in log scale) to the nearest of 1, 2, 3 or 5 × a power of ten (0.1 after 0.03 → 0.3;
+    0.003 before 0.01 → 0.001; 0.3 after 0.1 → 1) unless rounding would not move past the edge."""
+    values = sorted(set(tried))
+    if len(values) < 2:
+        raise ValueError("widening needs at least two tried learning rates")
+    edge, neighbour = (values[-1], values[-2]) if side == "largest" else (values[0], values[1])
+    raw = edge * (edge / neighbour)
+    decade = math.floor(math.log10(raw))
+    nice = min((m * 10.0 ** e for e in (decade, decade + 1) for m in (1, 2, 3, 5)),
+               key=lambda v: abs(math.log(v / raw)))
+    nice = float(f"{nice:.12g}")  # 3 × 10^-3 as 0.003, not 0.0030000000000000005
+    beyond = nice > edge if side == "largest" else nice < edge
+    return nice if beyond and nice not in values else raw
+
+
+def lr_edge(search: list[dict], chosen: dict | None) -> str | None:
+    """'largest' / 'smallest' when no tried candidate lies beyond the chosen rate on that side
+    (a candidate beyond that diverged brackets it: the rate is then not at the edge); None for a
+    rate inside the tried range or a one-candidate grid."""
+    tried = [r["lr"] for r in search]
+    if chosen is None or len(set(tried)) < 2:
+        return None
+    if chosen["lr"] == max(tried):
+        return "largest"
+    if chosen["lr"] == min(tried):
+        return "smallest"
+    return None
 
 
 # ============================================================================ running
@@ -465,15 +550,54 @@ def _finished(summary: dict | None, cfg: TrainConfig) -> bool:
 
 _STEP_RE = re.compile(r"step (\d+)")
 
+#: Per run: the test split's labelled count and most frequent class's share, which the report's
+#: chance level needs and a summary does not hold.
+TASK_STATS_FILE = "task_stats.json"
+
+
+def run_label(cfg: TrainConfig) -> str:
+    return f"{cfg.task} {cfg.model} {cfg.method} lr={cfg.lr:g} seed={cfg.seed}"
+
+
+def test_label_stats(task) -> dict:
+    """Labelled test items and the most frequent class's share of them (the accuracy of always
+    answering that class: the chance level of an imbalanced test split)."""
+    y = task.test.tensors[1].reshape(-1)
+    y = y[y >= 0]
+    n = int(y.numel())
+    majority = float(torch.bincount(y.long()).max()) / n if n else None
+    return {"test_labels": n, "majority_fraction": majority, "num_classes": task.num_classes}
+
+
+class EpochHook:
+    """The harness's ``on_epoch_end`` for a compare run: the alignment probe (if any), the
+    progress notice, and the test split's label statistics (written once per run folder).
+    Nothing here draws random numbers, so the run is the one it would be without the hook."""
+
+    def __init__(self, probe, notify, stats_path: Path):
+        self.probe, self.notify, self.stats_path = probe, notify, stats_path
+
+    def __call__(self, epoch: int, learner, task) -> None:
+        if not self.stats_path.exists():
+            atomic_write_json(self.stats_path, test_label_stats(task))
+        if self.probe is not None:
+            self.probe(epoch, learner, task)
+        if self.notify and epoch > 0:
+            self.notify("epoch", epoch)
+
 
 class Runner:
     """Runs (or reads back) single runs into OUT/runs/<name>/ and returns their outcomes."""
 
     def __init__(self, out: Path, *, wandb=None, wandb_project="temporal_sigprop",
-                 wandb_group=None, progress=True, keep_going=False, alignment_batches=2):
+                 wandb_group=None, progress=True, keep_going=False, alignment_batches=2,
+                 notify=None):
         self.out, self.progress, self.keep_going = Path(out), progress, keep_going
         self.wandb, self.wandb_project, self.wandb_group = wandb, wandb_project, wandb_group
         self.alignment_batches = alignment_batches
+        #: ``notify(event, *args)``: "start" (label, epochs) when a run begins training and
+        #: "epoch" (epoch,) after each of its epochs — what the comparison's progress lines show
+        self.notify = notify
 
     def kwargs(self) -> dict:
         """What a worker process needs to build the same runner."""
@@ -491,19 +615,25 @@ class Runner:
                                   wandb_group=self.wandb_group)
         summary = _read_json(folder / "summary.json")
         cached = _finished(summary, cfg)
+        started = time.perf_counter()
         if not cached:
+            if self.notify:
+                self.notify("start", run_label(cfg), cfg.epochs)
             summary = self._train(cfg, folder, alignment_epochs)
-        return self._outcome(cfg, folder, summary, role, cached)
+        outcome = self._outcome(cfg, folder, summary, role, cached)
+        outcome["wall_seconds"] = 0.0 if cached else time.perf_counter() - started
+        return outcome
 
     def _train(self, cfg: TrainConfig, folder: Path, alignment_epochs: list[int]) -> dict:
         probe = (AlignmentProbe(folder / "alignment.jsonl", alignment_epochs,
                                 self.alignment_batches, cfg.batch_size)
                  if alignment_epochs else None)
+        hook = EpochHook(probe, self.notify, folder / TASK_STATS_FILE)
         try:
             # looked up on the module so tests (and tools) can observe/replace it; every run
             # of the matrix resumes by design, so a fresh start is not announced
             with run_files.quiet_fresh_starts():
-                return harness.run_training(cfg, on_epoch_end=probe)
+                return harness.run_training(cfg, on_epoch_end=hook)
         except IncompatibleError as err:
             summary = {"status": "n/a", "reason": str(err)}
         except NonFiniteLossError as err:
@@ -554,6 +684,9 @@ class Runner:
             outcome["final_train_loss"] = outcome["curve"][-1]["train_loss"] if metrics else None
             align = {r["epoch"]: r for r in _read_jsonl(folder / "alignment.jsonl")}
             outcome["alignment"] = [align[e] for e in sorted(align)]
+            stats = _read_json(folder / TASK_STATS_FILE) or {}
+            outcome["test_labels"] = stats.get("test_labels")
+            outcome["majority_fraction"] = stats.get("majority_fraction")
         return outcome
 
 
@@ -571,10 +704,6 @@ def _select_lr(search: list[dict]) -> dict | None:
     return min(enumerate(ok), key=key)[1]
 
 
-def _search_configs(cell: dict) -> list[TrainConfig]:
-    return [dataclasses.replace(cell["base"], lr=lr) for lr in cell["lrs"]]
-
-
 def _seed_configs(cell: dict, lr: float) -> list[TrainConfig]:
     return [dataclasses.replace(cell["base"], lr=lr, seed=seed) for seed in cell["seeds"][1:]]
 
@@ -586,93 +715,310 @@ def _mark_chosen(search: list[dict]) -> dict | None:
     return chosen
 
 
-def run_cells(cells: list[dict], runner: Runner, bar, jobs: int = 1) -> list[list[dict]]:
-    """Every cell's runs: the learning-rate search with the first seed, then the other seeds at
-    the chosen rate. ``jobs > 1`` runs that many trainings at once in worker processes (search
-    runs of all cells first; a cell's seed runs as soon as its search is complete)."""
-    if jobs > 1:
-        return _run_cells_parallel(cells, runner, bar, jobs)
-    results = []
-    for cell in cells:
-        runs: list[dict] = []
-        results.append(runs)
-        if cell["reason"]:
-            continue
-        for i, cfg in enumerate(_search_configs(cell)):
-            _describe(bar, cfg)
-            runs.append(runner.run(cfg, "search", cell["alignment_epochs"]))
-            bar.update()
-            if runs[-1]["status"] in ("n/a", "oom"):
-                # the size, not the learning rate, is refused: every candidate would be too
-                bar.update(planned_runs(cell) - i - 1)
-                break
+class CellSearch:
+    """One cell's runs, decided as their outcomes arrive — the same rule whether runs go one
+    after another or in worker processes:
+
+    1. the learning-rate grid with the first seed;
+    2. if the best candidate (validation accuracy) is at the edge of the rates tried, one more
+       candidate one grid step beyond that edge (``widened_lr``), then the choice is made again;
+       at most ``cell["widen"]`` such candidates, the same bound for every method. A pair whose
+       choice is still at the edge afterwards is "not tuned" (the report says so and names no
+       winner from it);
+    3. the other seeds at the chosen rate.
+
+    ``start()`` and ``record()`` return the runs to launch next as ``(role, slot, config)``.
+    """
+
+    def __init__(self, cell: dict):
+        self.cell = cell
+        self.search: list[dict | None] = []
+        self.seed_runs: list[dict | None] = []
+        self.widened: list[float] = []
+        self.outstanding = 0
+        self.refused = False  # a size the learner refuses: the other candidates would be too
+        self.done = bool(cell["reason"])
+
+    def start(self) -> list[tuple[str, int, TrainConfig]]:
+        if self.done:
+            return []
+        lrs = self.cell["lrs"]
+        self.search = [None] * len(lrs)
+        self.outstanding = len(lrs)
+        return [("search", i, dataclasses.replace(self.cell["base"], lr=lr))
+                for i, lr in enumerate(lrs)]
+
+    def record(self, role: str, slot: int, outcome: dict) -> list[tuple[str, int, TrainConfig]]:
+        self.outstanding -= 1
+        if role == "seed":
+            self.seed_runs[slot] = {**outcome, "chosen": True}
+            self.done = self.outstanding == 0
+            return []
+        self.search[slot] = outcome
+        if outcome["status"] in ("n/a", "oom"):
+            self.refused = True
+        if self.outstanding:
+            return []
+        chosen = None if self.refused else _mark_chosen(self.search)
+        if chosen is None:  # refused, or every candidate diverged/failed: no seed runs
+            self.done = True
+            return []
+        side = lr_edge(self.search, chosen)
+        if side and len(self.widened) < self.cell["widen"]:
+            lr = widened_lr([r["lr"] for r in self.search], side)
+            self.widened.append(lr)
+            self.search.append(None)
+            self.outstanding = 1
+            return [("search", len(self.search) - 1, dataclasses.replace(self.cell["base"], lr=lr))]
+        configs = _seed_configs(self.cell, chosen["lr"])
+        self.seed_runs = [None] * len(configs)
+        self.outstanding = len(configs)
+        self.done = not configs
+        return [("seed", j, cfg) for j, cfg in enumerate(configs)]
+
+    def runs(self) -> list[dict]:
+        return [r for r in self.search + self.seed_runs if r is not None]
+
+    def remaining(self) -> int:
+        """Runs still to finish as planned now (a later widening may add one)."""
+        if self.done:
+            return 0
+        if not self.search:
+            return planned_runs(self.cell)
+        if self.seed_runs:
+            return self.outstanding
+        return self.outstanding + len(self.cell["seeds"]) - 1
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return (f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}")
+
+
+class _MatrixBar(tqdm):
+    """The whole comparison's line: tqdm's bar with this module's own clock text (elapsed and
+    the estimate of the time left, which tqdm's rate-based ETA gets wrong when runs differ in
+    cost by 100×)."""
+
+    clock = ""
+
+    @property
+    def format_dict(self):
+        return {**super().format_dict, "clock": self.clock}
+
+
+class Progress:
+    """The comparison's progress: one line for the whole matrix (runs done of total, elapsed,
+    an estimate of the time left) above one line per running training (its name and epoch).
+
+    The estimate: each run still to go is expected to take as long as the finished runs of its
+    own cell (same task, model and method: their cost differs mostly by those), else of its
+    task, else of all finished runs; runs read back from an earlier compare do not count. The
+    sum, less what the running ones have already spent, is divided by the jobs running at once.
+    """
+
+    def __init__(self, searches: list[CellSearch], *, jobs: int, desc: str, enabled: bool,
+                 after: str = ""):
+        self.searches, self.jobs = searches, jobs
+        self.after = after  # what follows the runs (the bench), whose time is not estimated
+        self.enabled = enabled
+        disable = None if enabled else True
+        self.started_at = time.perf_counter()
+        self.durations: dict[tuple, list[float]] = {}
+        self.running: dict[object, dict] = {}  # token → {ci, since, slot}
+        # a worker's notices travel apart from its result and may arrive after it
+        self.ended: set = set()
+        self.cached = 0
+        self.done = 0
+        self.bar = _MatrixBar(total=self.total(), desc=desc, unit="run", position=0,
+                              disable=disable, dynamic_ncols=True,
+                              bar_format="{desc}: {n_fmt}/{total_fmt} runs |{bar}| {clock}")
+        self.lines = [tqdm(total=1, position=i + 1, leave=False, disable=disable,
+                           dynamic_ncols=True, bar_format="  {desc}") for i in range(jobs)]
+        self.free = list(range(jobs))
+        self.refresh()
+
+    def total(self) -> int:
+        return self.done + sum(s.remaining() for s in self.searches)
+
+    def _key(self, ci: int, depth: int) -> tuple:
+        cell = self.searches[ci].cell
+        return (cell["task"], cell["model"], cell["method"])[:depth]
+
+    def estimate(self, ci: int) -> float | None:
+        for depth in (3, 1, 0):
+            key = self._key(ci, depth)
+            values = [d for k, ds in self.durations.items() if k[:depth] == key for d in ds]
+            if values:
+                return statistics.fmean(values)
+        return None
+
+    def eta(self) -> float | None:
+        now = time.perf_counter()
+        work = 0.0
+        for ci, search in enumerate(self.searches):
+            left = search.remaining() - sum(r["ci"] == ci for r in self.running.values())
+            if left > 0:
+                each = self.estimate(ci)
+                if each is None:
+                    return None
+                work += left * each
+        for run in self.running.values():
+            each = self.estimate(run["ci"])
+            if each is None:
+                return None
+            work += max(each - (now - run["since"]), 0.0)
+        return work / max(1, min(self.jobs, len(self.running) or self.jobs))
+
+    def refresh(self) -> None:
+        elapsed = time.perf_counter() - self.started_at
+        self.bar.total = self.total()
+        self.bar.n = self.done
+        read_back = f" ({self.cached} read back)" if self.cached else ""
+        remaining = self.bar.total - self.done
+        eta = ("done" if remaining == 0 else
+               f"about {_clock(self.eta())} left{', ' + self.after if self.after else ''}")
+        self.bar.clock = f"elapsed {_clock(elapsed)}, {eta}{read_back}"
+        self.bar.refresh()
+
+    def event(self, token, ci: int, event: str, *args) -> None:
+        """A run's notice: 'start' (label, epochs) or 'epoch' (epoch,)."""
+        if token in self.ended:
+            return
+        if event == "start":
+            label, epochs = args
+            slot = self.free.pop(0) if self.free else None
+            self.running[token] = {"ci": ci, "since": time.perf_counter(), "slot": slot,
+                                   "epochs": epochs, "label": label}
+            if slot is not None:
+                self.lines[slot].set_description_str(f"{label}: epoch 0/{epochs}")
+        elif event == "epoch" and token in self.running:
+            run = self.running[token]
+            if run["slot"] is not None:
+                self.lines[run["slot"]].set_description_str(
+                    f"{run['label']}: epoch {args[0]}/{run['epochs']}")
+        self.refresh()
+
+    def finished(self, token, ci: int, outcome: dict) -> None:
+        run = self.running.pop(token, None)
+        if token is not None:
+            self.ended.add(token)
+        if run is not None and run["slot"] is not None:
+            self.lines[run["slot"]].set_description_str("")
+            self.free.append(run["slot"])
+            self.free.sort()
+        self.done += 1
+        if outcome.get("cached"):
+            self.cached += 1
+        elif outcome.get("wall_seconds") is not None and outcome["status"] != "n/a":
+            self.durations.setdefault(self._key(ci, 3), []).append(outcome["wall_seconds"])
+
+    def close(self) -> None:
+        self.refresh()
+        for line in self.lines:
+            line.close()
+        self.bar.close()
+
+
+def run_cells(cells: list[dict], runner: Runner, jobs: int = 1, *, progress: bool = True,
+              desc: str = "compare", after: str = "") -> list[list[dict]]:
+    """Every cell's runs (see ``CellSearch``). ``jobs > 1`` runs that many trainings at once in
+    worker processes (search runs of all cells first; a cell's next runs as soon as the outcomes
+    they depend on are in)."""
+    searches = [CellSearch(c) for c in cells]
+    bar = Progress(searches, jobs=max(1, jobs), desc=desc, enabled=progress, after=after)
+    try:
+        if jobs > 1:
+            _run_parallel(searches, runner, bar, jobs)
         else:
-            chosen = _mark_chosen(runs)
-            if chosen is None:  # every candidate diverged (or failed): no seed runs
-                bar.update(len(cell["seeds"]) - 1)
-                continue
-            for cfg in _seed_configs(cell, chosen["lr"]):
-                _describe(bar, cfg)
-                runs.append({**runner.run(cfg, "seed", []), "chosen": True})
-                bar.update()
-    return results
+            _run_serial(searches, runner, bar)
+    finally:
+        bar.close()
+    return [s.runs() for s in searches]
 
 
-def _describe(bar, cfg: TrainConfig) -> None:
-    bar.set_postfix_str(f"{cfg.task} {cfg.model} {cfg.method} lr={cfg.lr:g} seed={cfg.seed}",
-                        refresh=True)
+def _run_serial(searches: list[CellSearch], runner: Runner, bar: Progress) -> None:
+    for ci, search in enumerate(searches):
+        queue = search.start()
+        while queue:
+            role, slot, cfg = queue.pop(0)
+            if role == "search" and search.refused:
+                # the size, not the learning rate, is refused: every candidate would be too
+                search.done = True
+                break
+            token = (ci, role, slot)
+            runner.notify = lambda event, *args, _t=token, _ci=ci: bar.event(_t, _ci, event, *args)
+            outcome = runner.run(cfg, role, search.cell["alignment_epochs"] if role == "search"
+                                 else [])
+            new = search.record(role, slot, outcome)
+            bar.finished(token, ci, outcome)
+            queue.extend(new)
+            bar.refresh()
+    runner.notify = None
 
 
-def _worker_run(runner_kwargs: dict, cfg: TrainConfig, role: str, alignment_epochs) -> dict:
-    """One run in a worker process (its own Runner; no inner progress bars)."""
-    return Runner(**runner_kwargs).run(cfg, role, alignment_epochs)
+_WORKER_QUEUE = None
 
 
-def _run_cells_parallel(cells, runner: Runner, bar, jobs: int) -> list[list[dict]]:
+def _init_worker(queue) -> None:
+    global _WORKER_QUEUE
+    _WORKER_QUEUE = queue
+
+
+def _worker_run(runner_kwargs: dict, cfg: TrainConfig, role: str, alignment_epochs, token) -> dict:
+    """One run in a worker process (its own Runner; no inner progress bars). Its notices go
+    back to the parent's progress lines through the queue the pool was started with."""
+    queue = _WORKER_QUEUE
+    notify = None if queue is None else (lambda event, *args: queue.put((token, event, args)))
+    return Runner(**runner_kwargs, notify=notify).run(cfg, role, alignment_epochs)
+
+
+def _run_parallel(searches: list[CellSearch], runner: Runner, bar: Progress, jobs: int) -> None:
     import multiprocessing
+    import queue as queue_mod
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     kwargs = {**runner.kwargs(), "progress": False}
-    search: list[list] = [[None] * len(c["lrs"]) if not c["reason"] else [] for c in cells]
-    seeds: list[list] = [[] for _ in cells]
-    pending = {}
     # spawn, not fork: a forked child inherits torch's thread pools in an undefined state
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    context = multiprocessing.get_context("spawn")
+    notices = context.Queue()
+    pending: dict = {}
+
+    def submit(ci, launches):
+        for role, slot, cfg in launches:
+            token = (ci, role, slot)
+            align = searches[ci].cell["alignment_epochs"] if role == "search" else []
+            pending[pool.submit(_worker_run, kwargs, cfg, role, align, token)] = token
+
+    def drain():
+        while True:
+            try:
+                token, event, args = notices.get_nowait()
+            except queue_mod.Empty:
+                return
+            bar.event(token, token[0], event, *args)
+
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker,
+                             initargs=(notices,)) as pool:
         try:
-            for ci, cell in enumerate(cells):
-                if cell["reason"]:
-                    continue
-                for i, cfg in enumerate(_search_configs(cell)):
-                    future = pool.submit(_worker_run, kwargs, cfg, "search",
-                                         cell["alignment_epochs"])
-                    pending[future] = (ci, "search", i)
+            for ci, search in enumerate(searches):
+                submit(ci, search.start())
             while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                drain()
                 for future in done:
-                    ci, role, i = pending.pop(future)
+                    token = pending.pop(future)
+                    ci, role, slot = token
                     outcome = future.result()
-                    bar.update()
-                    bar.set_postfix_str(f"{len(pending)} queued or running", refresh=True)
-                    if role == "seed":
-                        seeds[ci][i] = {**outcome, "chosen": True}
-                        continue
-                    search[ci][i] = outcome
-                    if any(o is None for o in search[ci]):
-                        continue
-                    cell = cells[ci]
-                    chosen = None if any(o["status"] in ("n/a", "oom") for o in search[ci]) \
-                        else _mark_chosen(search[ci])
-                    if chosen is None:
-                        bar.update(len(cell["seeds"]) - 1)
-                        continue
-                    configs = _seed_configs(cell, chosen["lr"])
-                    seeds[ci] = [None] * len(configs)
-                    for j, cfg in enumerate(configs):
-                        pending[pool.submit(_worker_run, kwargs, cfg, "seed", [])] = (ci, "seed", j)
+                    submit(ci, searches[ci].record(role, slot, outcome))
+                    bar.finished(token, ci, outcome)
+                bar.refresh()
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    return [a + b for a, b in zip(search, seeds)]
 
 
 # ============================================================================ aggregation
@@ -687,9 +1033,13 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def aggregate(cell: dict, runs: list[dict]) -> dict:
     """One row of the results: the chosen setting's seeds, their mean ± std and costs."""
+    search = [r for r in runs if r["role"] == "search"]
+    tried = [r["lr"] for r in search] or list(cell["lrs"])
     out = {"task": cell["task"], "model": cell["model"], "method": cell["method"],
-           "loss_at": cell["base"].loss_at, "lr_candidates": cell["lrs"], "seeds": cell["seeds"],
-           "options": cell["base"].options}
+           "loss_at": cell["base"].loss_at, "lr_candidates": tried, "lr_grid": list(cell["lrs"]),
+           "lr_widened": [lr for lr in tried if lr not in cell["lrs"]],
+           "lr_widen_limit": cell.get("widen", 0), "seeds": cell["seeds"],
+           "options": cell["base"].options, "method_options": _resolved_options(cell)}
     out["lr_search"] = [{"lr": r["lr"], "status": r["status"], "val_accuracy": r.get("val_accuracy"),
                          "final_train_loss": r.get("final_train_loss"), "reason": r.get("reason"),
                          "run_dir": r["run_dir"]}
@@ -714,9 +1064,10 @@ def aggregate(cell: dict, runs: list[dict]) -> dict:
         return {**out, "status": "error", "reason": why, "n_ok": 0}
     ok = [r for r in chosen if r["status"] == "ok"]
     out["chosen_lr"] = chosen[0]["lr"]
-    lrs = cell["lrs"]
-    out["lr_at_edge"] = (None if len(lrs) < 2 else "largest" if out["chosen_lr"] == max(lrs)
-                         else "smallest" if out["chosen_lr"] == min(lrs) else None)
+    # still at the edge after the widenings the preset allows: the search did not bracket the
+    # rate, so this pair is "not tuned" (the report names no winner from it)
+    out["lr_at_edge"] = lr_edge(search, next((r for r in search if r.get("chosen")), chosen[0]))
+    out["lr_tuned"] = out["lr_at_edge"] is None
     out["runs"] = [{"seed": r["seed"], "status": r["status"], "reason": r.get("reason"),
                     "run_dir": r["run_dir"], "test_accuracy_at_best_val": r.get("test_accuracy_at_best_val"),
                     "val_accuracy": r.get("val_accuracy")} for r in chosen]
@@ -736,6 +1087,10 @@ def aggregate(cell: dict, runs: list[dict]) -> dict:
     out["test_accuracy_seeds"] = test
     times = [r["time_per_step_ms"] for r in ok if r.get("time_per_step_ms") is not None]
     first = ok[0]
+    out["num_classes"] = first.get("num_classes")
+    out["sizes"] = {k: first.get(k) for k in ("hidden", "layers", "batch_size", "threads", "device")}
+    out["test_labels"] = first.get("test_labels")
+    out["majority_fraction"] = first.get("majority_fraction")
     out["cost"] = {
         "time_per_step_ms": statistics.median(times) if times else None,
         "training_memory_bytes": max((r["training_memory_bytes"] for r in ok
@@ -761,6 +1116,18 @@ def aggregate(cell: dict, runs: list[dict]) -> dict:
     return out
 
 
+def _resolved_options(cell: dict) -> dict:
+    """Every option value the method ran with, its defaults included (the report quotes them,
+    e.g. fwdgrad's number of tangents)."""
+    if incompatibility(cell["method"], cell["model"]):
+        return dict(cell["base"].options)
+    try:
+        return dataclasses.asdict(build_options(learner_class(cell["method"]),
+                                                dict(cell["base"].options)))
+    except (ConfigError, TypeError):
+        return dict(cell["base"].options)
+
+
 # ============================================================================ environment
 
 
@@ -782,6 +1149,7 @@ def run_compare(preset: dict | str, out: str | os.PathLike, *, wandb: str | None
         raise ConfigError(f"--wandb must be offline or online, got {wandb!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
     atomic_write_json(out / "preset.json", preset)
     preset_hash = hashlib.sha256(json.dumps(preset, sort_keys=True).encode()).hexdigest()[:8]
     group = f"compare-{preset['name']}-{_slug(out.resolve().name)}-{preset_hash}"
@@ -789,22 +1157,32 @@ def run_compare(preset: dict | str, out: str | os.PathLike, *, wandb: str | None
     runner = Runner(out, wandb=wandb, wandb_project=wandb_project, wandb_group=group,
                     progress=progress, keep_going=keep_going,
                     alignment_batches=(preset["alignment"] or {}).get("batches", 0))
-    total = sum(planned_runs(c) for c in cells)
-    with tqdm(total=total, desc=f"compare {preset['name']}", unit="run",
-              disable=None if progress else True, position=0) as bar:
-        per_cell = run_cells(cells, runner, bar, jobs)
+    started, load_start = time.perf_counter(), _load_average()
+    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    per_cell = run_cells(cells, runner, jobs, progress=progress,
+                         desc=f"compare {preset['name']}",
+                         after="then the bench" if bench and preset.get("bench") and not bench_csv
+                         else "")
+    runs_seconds = time.perf_counter() - started
     rows = [aggregate(cell, runs) for cell, runs in zip(cells, per_cell)]
     all_runs = [r for runs in per_cell for r in runs]
     trained = sum(not r["cached"] for r in all_runs)
 
     threads = preset["defaults"].get("threads", TrainConfig.threads)
     bench_rows, bench_source = _bench_rows(preset, out, bench_csv, bench, progress, threads)
+    wall = time.perf_counter() - started
     results = {
         "preset": preset,
         "command": command or reproduce_command(preset, out),
         "environment": environment(threads=threads, with_git=True),
         "counts": {"runs": len(all_runs), "trained": trained, "cached": len(all_runs) - trained,
-                   "jobs": jobs},
+                   "jobs": jobs, "widened": sum(len(r.get("lr_widened") or []) for r in rows)},
+        # this invocation's own machine and clock (not the preset's text): what the header shows
+        "timing": {"started": started_at, "wall_seconds": wall, "runs_seconds": runs_seconds,
+                   "bench_seconds": wall - runs_seconds, "jobs": jobs, "threads": threads,
+                   "usable_cores": usable_cores(), "cpu_count": os.cpu_count(),
+                   "load_average_start": load_start, "load_average_end": _load_average(),
+                   "train_seconds_sum": sum(r.get("wall_seconds") or 0.0 for r in all_runs)},
         "cells": rows,
         "runs": [{k: v for k, v in r.items() if k not in ("curve", "anytime_test_accuracy",
                                                           "alignment")} for r in all_runs],
@@ -815,6 +1193,32 @@ def run_compare(preset: dict | str, out: str | os.PathLike, *, wandb: str | None
     if echo:
         echo(report.console_summary(results, out))
     return results
+
+
+def _load_average() -> list[float] | None:
+    """1-, 5- and 15-minute load averages (None where the OS has none): how busy the machine was."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+#: What a compare writes beside its runs (each atomically, through a ``.NAME.*.tmp`` file).
+REPORT_FILES = ("preset.json", "results.json", "results.csv", "report.md", "report.html")
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove the temporaries a compare killed mid-write left (``io.atomic_write_bytes``); this
+    run rewrites every report file. Only the compare's own names: ``out`` may hold other files."""
+    patterns = [(out, f".{name}.*.tmp") for name in REPORT_FILES]
+    patterns += [(out / "bench", f".{name}.*.tmp") for name in ("bench.csv", "bench.json")]
+    patterns += [(folder, ".*.png.*.tmp") for folder in (out / "plots", out / "bench" / "plots")]
+    for folder, pattern in patterns:
+        for stale in folder.glob(pattern):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
 
 
 def reproduce_command(preset: dict, out: Path) -> str:
@@ -847,46 +1251,8 @@ def _bench_rows(preset, out: Path, bench_csv, bench: bool, progress, threads):
 
 
 # ---------------------------------------------------------------------------------- CLI
-
-
-def add_compare_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "compare", help="run a matrix of tasks × models × methods × seeds and write a report",
-        description="Run a preset's matrix (tasks × models × methods × seeds) with the same "
-                    "loss placement and the same learning-rate search budget for every method, "
-                    "and write OUT/report.html, report.md, results.csv, results.json and plots. "
-                    "Finished runs are cached under OUT and skipped on a re-run.")
-    parser.add_argument("--preset", default=DEFAULT_PRESET,
-                        help=f"{', '.join(PRESET_NAMES)} or a JSON file (default: {DEFAULT_PRESET})")
-    parser.add_argument("--out", default=None, help="output folder (default: runs/compare-PRESET)")
-    parser.add_argument("--tasks", nargs="+", default=None, help="only these task specs")
-    parser.add_argument("--models", nargs="+", default=None, help="only these models")
-    parser.add_argument("--methods", nargs="+", default=None, help="only these methods")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="these seeds")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs for every task")
-    parser.add_argument("--max-batches", type=int, default=None,
-                        help="at most this many batches per epoch (every task)")
-    parser.add_argument("--device", default=None, help="cpu or cuda (every run)")
-    parser.add_argument("--threads", type=int, default=None, help="intra-op CPU threads")
-    parser.add_argument("--wandb", choices=("offline", "online"), default=None,
-                        help="log every run to one wandb project, grouped by this compare")
-    parser.add_argument("--wandb-project", default="temporal_sigprop", help="wandb project")
-    parser.add_argument("--bench-csv", default=None,
-                        help="read the scaling section from this bench.csv instead of running it")
-    parser.add_argument("--no-bench", dest="bench", action="store_false",
-                        help="no scaling measurement (the section says so)")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="trainings run at once in worker processes (each with --threads "
-                             "threads; default: the usable CPU cores); times per step get "
-                             "noisier when jobs share cores")
-    parser.add_argument("--keep-going", action="store_true",
-                        help="record a run that raises an error and go on (exit code 1 at the end)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="re-render the report from OUT/results.json without running anything")
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="no progress bars")
-    parser.set_defaults(handler=_cmd_compare)
-    return parser
+# The flags are declared torch-free in subcommands.py (so `tsp compare --help` answers at once).
+from .subcommands import add_compare_parser  # noqa: E402,F401 - re-exported
 
 
 def _cmd_compare(args) -> int:

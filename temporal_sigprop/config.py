@@ -1,4 +1,5 @@
-"""The settings of one training run (``TrainConfig``), checked when it is built.
+"""The settings of one training run (``TrainConfig``) and of ``tsp bench`` (``BenchConfig``),
+checked when they are built.
 
 Every field is a ``tsp train`` flag (``--snake-case``, its help the docstring under the field) and
 a keyword of ``temporal_sigprop.train``; presets build the same dataclass. What each field accepts
@@ -18,8 +19,9 @@ import re
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
-from .names import LOSS_PLACEMENTS, LR_SCHEDULES, METHODS, MODEL_NAMES, OPTIMIZERS, WANDB_MODES
-from .validation import MAX_SEED, checked, validate
+from .names import (LOSS_PLACEMENTS, LR_SCHEDULES, METHOD_NAMES, METHODS, MODEL_NAMES, OPTIMIZERS,
+                    WANDB_MODES)
+from .validation import MAX_SEED, Rule, check_value, checked, validate
 
 #: Settings a method may recommend (``Learner.recommended``) for a run that leaves them unset,
 #: and the values used when it does not.
@@ -30,7 +32,7 @@ METHOD_DEFAULTS = {"lr_schedule": "constant", "weight_decay": 0.0}
 #: lr curve belong to the settings it was trained with.
 RESUMABLE_CHANGES = ("epochs", "device", "eager", "threads", "data_dir", "download", "out",
                      "wandb", "wandb_project", "wandb_group", "resume", "overwrite",
-                     "eval_batch_size", "progress", "dist_timeout")
+                     "eval_batch_size", "progress", "dist_timeout", "cache", "cache_dir")
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
@@ -83,6 +85,10 @@ class TrainConfig:
     """Folder with real data sets (default: $TSP_DATA_DIR or ~/.cache/temporal_sigprop)."""
     download: bool = False
     """Download a missing real data set where its licence allows."""
+    cache: bool = True
+    """Keep generated data sets (mnist1d, video_digits, audio_keywords) on disk and read them back on later runs; --no-cache neither reads nor writes the cache."""
+    cache_dir: str | None = None
+    """Folder of the generated-data cache (default: $TSP_CACHE_DIR, else $XDG_CACHE_HOME/temporal_sigprop/generated, else ~/.cache/temporal_sigprop/generated)."""
     out: str | None = None
     """Output folder: config.json, metrics.jsonl, summary.json, checkpoint.pt."""
     overwrite: bool = False
@@ -131,6 +137,12 @@ class TrainConfig:
             raise ConfigError(f"--threads {self.threads} is more than the {cores} usable CPU "
                               f"core(s) of this machine; use at most {cores} (or 0 for torch's "
                               "default)")
+        for name in ("out", "data_dir", "cache_dir"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                # An empty path would mean "nowhere" to some callers and "here" to others.
+                raise ConfigError(f"--{name.replace('_', '-')} is empty; give a folder (or leave "
+                                  "the flag out)")
         for name in ("options", "model_options"):
             bad = [k for k in getattr(self, name) if not isinstance(k, str) or not k]
             if bad:
@@ -152,3 +164,76 @@ class TrainConfig:
         cfg = self.resolved()
         return LearnerConfig(lr=cfg.lr, loss_at=cfg.loss_at, optimizer=cfg.optimizer,
                              weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+
+
+def check_before_loading(cfg: TrainConfig) -> None:
+    """Refuse what can be refused about a run without torch or data: the method × model pair,
+    the method's options (names and ranges), the model's options and the task spec (name,
+    options, limits). The harness checks the same again; the command line calls this first so
+    that a usage error answers at once."""
+    from tasks.registry import check_task_spec
+
+    from .method_options import build_options
+    from .model_options import check_model_options
+    from .registry import check_pair
+
+    check_pair(cfg.method, cfg.model)
+    check_task_spec(cfg.task)
+    build_options(cfg.method, cfg.options)
+    check_model_options(cfg.model, cfg.model_options)
+
+
+@dataclass
+class BenchConfig:
+    model: str = checked("gru", choices=MODEL_NAMES)
+    """Model whose cost is measured (every method trains the same architecture)."""
+    hidden: int = checked(32, ge=1, le=65536)
+    """Hidden size for the sequence-length sweep."""
+    layers: int = checked(1, ge=1, le=64)
+    """Recurrent layers."""
+    batch_size: int = checked(8, ge=1, le=1_000_000)
+    """Sequences per batch."""
+    input_size: int = checked(8, ge=1, le=1_000_000)
+    """Features per step of the random input."""
+    classes: int = checked(10, ge=2, le=100_000)
+    """Classes of the random labels."""
+    methods: list = field(default_factory=lambda: list(METHOD_NAMES))
+    """Methods to measure (default: every registered method)."""
+    lengths: list = field(default_factory=lambda: [16, 64, 256, 1024, 4096])
+    """Sequence lengths of the length sweep (hidden = --hidden)."""
+    hiddens: list = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    """Hidden sizes of the width sweep (T = --hidden-length)."""
+    hidden_length: int = checked(64, ge=1, le=10_000_000)
+    """Sequence length of the width sweep."""
+    loss_at: str = checked("every", choices=LOSS_PLACEMENTS)
+    """Loss placement (every method the same)."""
+    repeats: int = checked(3, ge=1, le=1000)
+    """Timed train_batch calls per point (median taken); fewer if the time budget runs out."""
+    time_budget: float = checked(20.0, gt=0)
+    """Seconds one train_batch may take; longer (measured or predicted) is marked 'too slow'."""
+    memory_budget_gb: float = checked(4.0, gt=0)
+    """Training memory a point may be predicted to need; more is marked 'oom' without running."""
+    device: str = "cpu"
+    """Device: cpu or cuda."""
+    threads: int = checked(1, ge=0)
+    """Intra-op CPU threads (stated in the output; compare ratios, not absolute times)."""
+    seed: int = checked(0, ge=0, le=MAX_SEED)
+    """Seed of the random model and data."""
+    method_options: dict = field(default_factory=dict)
+    """Per-method options, e.g. {'tbptt': {'k': 10}}."""
+
+    def __post_init__(self):
+        validate(self)
+        # the sweeps and the device follow the same rules as a training run's settings
+        for name, values, largest in (("lengths", self.lengths, 10_000_000),
+                                      ("hiddens", self.hiddens, 65536)):
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"--{name} must be a non-empty list of positive integers")
+            for value in values:
+                check_value(name, value, int, Rule(ge=1, le=largest))
+        for method in self.methods:
+            TrainConfig(method=method)
+        TrainConfig(device=self.device, threads=self.threads)
+
+    def key(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,8 +1,11 @@
 """Training across processes with PyTorch's own engine: ``torch.distributed``, launched by torchrun.
 
     torchrun --nproc-per-node 4 -m temporal_sigprop train --method sigprop ...      # one node
-    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
-             --rdzv-endpoint HOST:29500 --rdzv-id RUN -m temporal_sigprop train ...  # several
+    torchrun --nnodes 2 --node-rank R --nproc-per-node 8 --rdzv-backend static \\
+             --rdzv-endpoint HOST:29500 -m temporal_sigprop train ...    # several; R = 0, 1
+
+(the static rendezvous puts global rank 0, the writer, on node 0; torchrun's elastic c10d
+rendezvous numbers the ranks itself, so the writer may be any node.)
 
 ``tsp train`` sees torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
 ``MASTER_ADDR``/``MASTER_PORT``), initialises the default process group — gloo on the CPU, NCCL
@@ -94,11 +97,20 @@ class CommStats:
     parameter_averages: int = 0
     """Parameter averages (local SGD, and every epoch end)."""
     allreduce_bytes: int = 0
-    """Bytes of the buffers this rank put into all-reduces (gradients and parameters)."""
+    """Bytes of the buffers this rank put into all-reduces (all of them: gradients, parameter
+    averages, batch losses, evaluation counts, replica checks)."""
+    gradient_bytes: int = 0
+    """Of those, the gradient buffers (4 or 8 bytes × (parameters + parameter tensors): the
+    gradients and one 'has a gradient' flag per tensor)."""
+    average_bytes: int = 0
+    """Of those, the parameter (and epoch-end optimizer state) averages."""
     p2p_messages: int = 0
     """Point-to-point sends (layer parallel)."""
     p2p_bytes: int = 0
     """Bytes of those sends."""
+    p2p_wait_seconds: float = 0.0
+    """Seconds this rank spent blocked waiting for point-to-point messages to arrive or leave
+    (layer parallel): the pipeline's bubbles, an unbalanced split, or the transport's latency."""
 
 
 class World:
@@ -141,8 +153,8 @@ class World:
         kind = (f"layer ({self.size} layer groups)" if self.layer_parallel else
                 f"data ({self.mode}" + (f", average every {self.local_sgd_every} updates)"
                                          if self.mode == "local_sgd" else ")"))
-        return {"world_size": self.size, "parallel": kind, "backend": self.backend,
-                "communication": dataclasses.asdict(self.comm)}
+        return {"world_size": self.size, "rank": self.rank, "parallel": kind,
+                "backend": self.backend, "communication": dataclasses.asdict(self.comm)}
 
     # ------------------------------------------------------------------ collectives
     def _collective(self, what: str, fn, *args, **kwargs):
@@ -486,6 +498,7 @@ class GradientAverager:
             flat[:numel].mul_(self.share)
             world.all_reduce(flat, f"gradient all-reduce of update {world.comm.updates + 1}")
             world.comm.gradient_allreduces += 1
+            world.comm.gradient_bytes += flat.numel() * flat.element_size()
             has_grad = flat[numel:].tolist()
             offset = 0
             for p, count in zip(params, has_grad):
@@ -523,6 +536,7 @@ class GradientAverager:
             chosen = [tensors[i] for i in index]
             flat = torch.cat([t.reshape(-1).to(world.device) for t in chosen])
             world.all_reduce(flat, what)
+            world.comm.average_bytes += flat.numel() * flat.element_size()
             flat.div_(world.size)
             offset = 0
             for t in chosen:

@@ -115,7 +115,8 @@ class _WandbLogger:
         import wandb  # lazy on purpose: wandb is slow to import and off by default
         self._wandb = wandb
         self.run = wandb.init(project=cfg.wandb_project, group=cfg.wandb_group, mode=cfg.wandb,
-                              config=dataclasses.asdict(cfg), dir=cfg.out, reinit=True)
+                              config=dataclasses.asdict(cfg), dir=cfg.out,
+                              reinit="finish_previous")  # a bool here is deprecated (wandb 0.19+)
 
     def log(self, record: dict) -> None:
         self.run.log({k: v for k, v in record.items() if isinstance(v, (int, float))})
@@ -125,12 +126,14 @@ class _WandbLogger:
         self.run.finish()
 
 
-def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
+def run_training(cfg: TrainConfig, on_epoch_end=None, on_record=None) -> dict:
     """Train one (task, model, method, seed) and return the summary dict.
 
     ``on_epoch_end(epoch, learner, task)``, if given, is called once before training on a fresh
     start (epoch 0) and after each epoch's evaluation, before its checkpoint (``tsp compare``
     measures gradient alignment there); it must leave the learner and the RNG as it found them.
+    ``on_record(record, loop)``, if given, receives each epoch's metrics line and the loop state
+    (best validation so far) on the writing rank (``tsp train`` prints a line per epoch).
     """
     from tasks import get_task  # the harness is the only consumer of the tasks package
     from tasks.registry import check_task_spec
@@ -159,7 +162,9 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
         torch.set_num_threads(cfg.threads)
     data_generator = seed_everything(cfg.seed)
 
-    task = get_task(cfg.task, data_dir=cfg.data_dir, download=cfg.download, seed=cfg.seed)
+    task = get_task(cfg.task, data_dir=cfg.data_dir, download=cfg.download, seed=cfg.seed,
+                    cache=cfg.cache, cache_dir=cfg.cache_dir)
+    _check_task_data(task, cfg.task)
     model = make_model(cfg.model, task.input_shape, cfg.hidden, cfg.layers, task.num_classes,
                        **model_options).to(device)
     learner = make_learner(cfg.method, model, cfg.learner_config(), **cfg.options)
@@ -210,24 +215,35 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
             if cfg.lr_schedule == "cosine":
                 # Per batch, from the global step, so a resumed run continues the same curve.
                 learner.set_lr_factor(cosine_lr_factor(loop["global_step"], total_batches))
-            if loop["saved_tensor_peak"] is None:
-                # First batch: measure peak live saved tensors (hooks slow it, so it is not timed).
-                saved, own, stats = train_batch_memory(learner, x, y)
-                loop["saved_tensor_peak"], loop["learner_state_bytes"] = saved, own
-            elif loop["flops_per_step"] is None:
-                flops, stats = count_flops(learner.train_batch, x, y)
-                loop["flops_per_step"] = flops / steps
-            else:
-                with timer(device) as elapsed:
-                    stats = learner.train_batch(x, y)
-                loop["timed_seconds"] += elapsed["seconds"]
-                loop["timed_batches"] += 1
-            loss = world.batch_loss(stats["loss"])  # the global batch's, the same on every rank
+            overflow = None
+            try:
+                if loop["saved_tensor_peak"] is None:
+                    # First batch: measure peak live saved tensors (hooks slow it: not timed).
+                    saved, own, stats = train_batch_memory(learner, x, y)
+                    loop["saved_tensor_peak"], loop["learner_state_bytes"] = saved, own
+                elif loop["flops_per_step"] is None:
+                    flops, stats = count_flops(learner.train_batch, x, y)
+                    loop["flops_per_step"] = flops / steps
+                else:
+                    with timer(device) as elapsed:
+                        stats = learner.train_batch(x, y)
+                    loop["timed_seconds"] += elapsed["seconds"]
+                    loop["timed_batches"] += 1
+            except RuntimeError as err:
+                # torch refuses an optimizer scalar beyond float32 (e.g. Adam's step size
+                # lr / bias correction at --lr 1e300): the update diverged before it was made
+                if "without overflow" not in str(err):
+                    raise
+                overflow = f"an update beyond float32's range ({err}; is --lr far too large?)"
             loop["global_step"] += 1
-            # A finite loss can still come with a non-finite gradient, which the update writes
-            # into the weights: check the parameters too (one reduction, one sync per batch).
-            problem = (f"non-finite loss ({loss})" if not math.isfinite(loss)
-                       else _non_finite_parameters(learner))
+            if overflow:
+                loss, problem = math.nan, overflow
+            else:
+                loss = world.batch_loss(stats["loss"])  # the global batch's, same on every rank
+                # A finite loss can still come with a non-finite gradient, which the update
+                # writes into the weights: check the parameters too (one reduction, one sync).
+                problem = (f"non-finite loss ({loss})" if not math.isfinite(loss)
+                           else _non_finite_parameters(learner))
             if problem:
                 message = (f"{problem} at epoch {epoch}, step {loop['global_step']}"
                            f" of {cfg.method} on {cfg.task}")
@@ -255,6 +271,8 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
                   "lr": _current_lr(learner), "train_seconds": loop["timed_seconds"],
                   "peak_rss_bytes": peak_rss_bytes(),
                   **_cuda_memory(device)}
+        if on_record is not None and world.is_writer:
+            on_record(record, loop)
         if on_epoch_end is not None:
             on_epoch_end(epoch, learner, task)
         if out:
@@ -285,6 +303,25 @@ def run_training(cfg: TrainConfig, on_epoch_end=None) -> dict:
     if logger:
         logger.finish(summary)
     return summary
+
+
+def _check_task_data(task, spec: str) -> None:
+    """Refuse data no run can use, before training starts (exit 2, not a traceback or a NaN):
+    an empty split (evaluation and model selection need samples; e.g. val_fraction=0) and
+    non-finite inputs (e.g. a generator option such as noise=1e308, beyond float32)."""
+    from tasks import DataError
+
+    for split in ("train", "val", "test"):
+        x = getattr(task, split).tensors[0]
+        if x.shape[0] == 0:
+            raise DataError(f"task {spec!r}: its {split} split is empty (a run needs samples in "
+                            "train, val and test; e.g. give val_fraction > 0)")
+        if x.is_floating_point():
+            # in blocks of rows: a whole-split mask would cost a quarter of the data's memory
+            bad = sum(int((~torch.isfinite(x[i:i + 4096])).sum()) for i in range(0, len(x), 4096))
+            if bad:
+                raise DataError(f"task {spec!r}: its {split} inputs hold {bad} NaN/inf value(s) "
+                                "(beyond float32's range); check the task's options (e.g. noise)")
 
 
 def _check_resumable(checkpoint: dict, cfg: TrainConfig, learner, path: Path) -> None:

@@ -17,16 +17,19 @@ messages where each costs a fixed latency; the pipeline then fills in (G − 1)�
 What runs where. Rank 0 holds the first group and the target projection P (trained by layer 1's
 loss: the target drive never leaves rank 0); the last rank holds the top group and the readout.
 Every rank has the batch's labels (every rank reads the same batch), so labels never travel; only
-one ``[B + R, *out_shape]`` tensor per step per group boundary does (``CommStats.p2p_bytes``).
+one ``[B + R, *out_shape]`` tensor per step per group boundary does (``CommStats.p2p_bytes``;
+``p2p_wait_seconds`` is the time a rank spent blocked on its messages).
 
 Equality. Each layer's computation is the single-process learner's, operation for operation
 (``cell.drive``, ``cell.recur``, ``SigProp._loss_rows`` and ``SigProp.layers_loss`` on its own
 rows, the same step weights and counts, the clip and optimizer step of its own groups under the
-same schedule: ``SigProp._due``), so the parameters after any number of batches are exactly the
-single-process learner's on the CPU (tests/test_distributed.py checks bit equality for per-step
-updates and for ``every_k``). The local losses of a group are one stacked loss call over its
-layers, as ``layers_loss`` does over all layers in one process; the sum's gradient reaching each
-layer is the same.
+same schedule: ``SigProp._due``; the rank's optimizers stepped as one merged fused Adam call,
+``merged_adam.py``, which gives the numbers of stepping each), so the parameters after any number
+of batches are exactly the single-process learner's on the CPU (tests/test_distributed.py checks
+bit equality for every cell and the ConvGRU, for per-step updates and for ``every_k``, and a
+2-epoch command-line run, resumed half way, against one process). The local losses of a group
+are one stacked loss call over its layers, as ``layers_loss`` does over all layers in one
+process; the sum's gradient reaching each layer is the same.
 
 Epoch ends. Every rank keeps the whole model (only its own layers move); ``end_epoch`` broadcasts
 each group's parameters and optimizer state from its owner, so that afterwards every rank holds
@@ -44,6 +47,7 @@ from __future__ import annotations
 
 import collections
 import math
+import time
 
 import torch
 import torch.distributed as dist
@@ -52,6 +56,7 @@ from . import sigprop_losses as SL
 from .errors import ConfigError
 from .learner import Learner, tensor_bytes
 from .losses import step_targets
+from .merged_adam import STATE_MISSING, MergedAdamStep
 from .sigprop import SigProp, StepLoss
 
 #: messages kept in flight before the oldest is waited for (bounds the memory of queued rows)
@@ -103,6 +108,7 @@ class LayerParallelSigProp(Learner):
         self.keys = [f"layer{l}" for l in self.layers] + (["readout"] if self.last else [])
         #: time steps whose rows travel in one message
         self.chunk = world.layer_parallel_chunk
+        self._merged, self._merged_why = None, "not planned yet"
 
     # ------------------------------------------------------------------ the wrapped learner
     def optimizers(self):
@@ -131,21 +137,42 @@ class LayerParallelSigProp(Learner):
         layer = int(key.removeprefix("layer"))
         return next(r for r, g in enumerate(self.groups) if layer in g)
 
+    def _plan_update(self):
+        """This rank's optimizers as one merged fused Adam step where they allow it (the same
+        numbers as stepping each, ``merged_adam.py``), as ``SigProp._plan_update`` does for all."""
+        optimizers = self.learner.optimizers()
+        self._merged, self._merged_why = MergedAdamStep.build([optimizers[k] for k in self.keys])
+
     def _update(self):
         """``SigProp._update`` for this rank's groups: clip each, then step the optimizers that
-        received a gradient."""
+        received a gradient (one merged call once their state exists)."""
         learner = self.learner
         groups, optimizers = learner._groups, learner.optimizers()
         for key in self.keys:
             learner.clip(groups[key])
-        for key in self.keys:
-            opt = optimizers[key]
-            if all(p.grad is None for g in opt.param_groups for p in g["params"]):
-                continue
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+        plan = self._merged
+        if plan is not None:
+            plan.step([p.grad for p in plan.params])
+            for p in plan.params:
+                p.grad = None
+        else:
+            for key in self.keys:
+                opt = optimizers[key]
+                if all(p.grad is None for g in opt.param_groups for p in g["params"]):
+                    continue
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if self._merged_why == STATE_MISSING:  # torch has just created it
+                self._plan_update()
         learner.update_count += 1
         self.world.comm.updates += 1
+
+    def _wait(self, request, what: str) -> None:
+        """Wait for a point-to-point message (clear error on a dead or stuck peer), counting the
+        time blocked (``CommStats.p2p_wait_seconds``)."""
+        start = time.perf_counter()
+        self.world._collective(what, request.wait)
+        self.world.comm.p2p_wait_seconds += time.perf_counter() - start
 
     def _incoming_shape(self, rows: int, device, dtype) -> tuple:
         """The shape of the rows the rank below sends: layer a−1's output for ``rows`` rows."""
@@ -181,6 +208,7 @@ class LayerParallelSigProp(Learner):
         readout_t = readout_targets.T.contiguous()
         class_labels = torch.arange(C, device=x.device)
         frames = learner._frames(x) if self.first else None
+        self._plan_update()  # once per batch: the lr schedule changes the optimizers' lr
         state = [cells[l].initial_state(B + R, device=x.device, dtype=x.dtype) for l in self.layers]
         self.state_bytes = (sum(tensor_bytes(s) for s in state) * R // (B + R)
                             + (R * math.prod(cells[0].drive_shape)
@@ -219,8 +247,7 @@ class LayerParallelSigProp(Learner):
                            stacked_t[t])
             if not self.first and t % K == 0:
                 message, request = incoming
-                world._collective(f"receive of steps {t}+ from rank {world.rank - 1}",
-                                  request.wait)
+                self._wait(request, f"receive of steps {t}+ from rank {world.rank - 1}")
                 if t + K < T:
                     incoming = post(t + K)
             total = None
@@ -258,7 +285,7 @@ class LayerParallelSigProp(Learner):
                     world.comm.p2p_messages += 1
                     world.comm.p2p_bytes += message_out.numel() * message_out.element_size()
                     if len(sends) > SEND_WINDOW:
-                        world._collective("send of rows", sends.popleft().wait)
+                        self._wait(sends.popleft(), "send of rows")
             if score_readout:
                 loss_o = learner.readout_step_loss(out[:B], readout_t[t], readout_counts[t])
                 readout_sum = readout_sum + loss_o.detach()
@@ -272,7 +299,7 @@ class LayerParallelSigProp(Learner):
                 updates += 1
                 pending = False
         while sends:
-            world._collective("send of rows", sends.popleft().wait)
+            self._wait(sends.popleft(), "send of rows")
         return {"loss": readout_sum / max(scored_steps, 1),
                 "local_loss": local_sum / max(sum(c > 0 for c in local_counts), 1) / n,
                 "updates": updates}

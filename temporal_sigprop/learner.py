@@ -7,12 +7,12 @@
     learner.state_dict() / load_state_dict() # model + learner's own parameters + optimizers
 
 Common settings live in ``LearnerConfig``; each method's own settings live in its ``Options``
-dataclass (the CLI turns every field into a flag, so each field needs a one-line docstring).
+dataclass, declared torch-free in ``method_options.py`` (the CLI turns every field into a flag, so
+each field needs a one-line docstring).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -20,8 +20,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .errors import ConfigError
 from .losses import scored_count, step_targets
+from .method_options import NoOptions, build_options as _build_method_options
 from .names import LOSS_PLACEMENTS, OPTIMIZERS
 from .validation import checked, validate
 
@@ -66,11 +66,6 @@ def scale_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:
 def cosine_lr_factor(batch: int, total: int) -> float:
     """Cosine decay from 1 at the first batch towards 0 after the last: ½(1 + cos(π·batch/total))."""
     return 0.5 * (1.0 + math.cos(math.pi * min(batch, total) / max(total, 1)))
-
-
-@dataclass
-class NoOptions:
-    """This method has no options of its own."""
 
 
 class Learner:
@@ -144,18 +139,9 @@ class Learner:
 
 
 def build_options(learner_cls: type[Learner], options: dict):
-    """``learner_cls.Options(**options)``, refusing unknown keys with the list of valid ones."""
-    fields = {f.name for f in dataclasses.fields(learner_cls.Options)}
-    unknown = sorted(set(options) - fields)
-    if unknown:
-        valid = ", ".join(sorted(fields)) or "none"
-        raise ConfigError(f"method {learner_cls.name!r} has no option(s) {', '.join(unknown)}; "
-                          f"its options are: {valid}")
-    chosen = learner_cls.Options(**options)
-    # the method's options follow the same rules as every other setting (validation.py):
-    # types, finiteness and any range declared beside the option
-    validate(chosen)
-    return chosen
+    """``learner_cls.Options(**options)``, refusing unknown keys (with the list of valid ones) and
+    values outside the rules declared beside each option (``method_options.build_options``)."""
+    return _build_method_options(learner_cls.name, options, learner_cls.Options)
 
 
 def tensor_bytes(*tensors) -> int:

@@ -107,7 +107,7 @@ def learning_curves(cells: list[dict], title: str, path: Path) -> bool:
     ``cells``: the result cells of one task × model (each with ``curves``: per seed, a list of
     ``{epoch, val_accuracy, train_seconds}``). Returns False (and writes nothing) if no curves.
     """
-    cells = [c for c in cells if c.get("curves")]
+    cells = [c for c in cells if any(c.get("curves") or [])]  # seeds with no epoch logged: none
     if not cells:
         return False
     fig, (ax_e, ax_t) = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True,
@@ -134,7 +134,7 @@ def learning_curves(cells: list[dict], title: str, path: Path) -> bool:
 
 def anytime_curves(cells: list[dict], title: str, path: Path) -> bool:
     """Test accuracy of the prediction made at each step (mean over seeds)."""
-    cells = [c for c in cells if c.get("anytime")]
+    cells = [c for c in cells if any(c.get("anytime") or [])]
     if not cells:
         return False
     fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
@@ -150,12 +150,21 @@ def anytime_curves(cells: list[dict], title: str, path: Path) -> bool:
     return True
 
 
-def alignment_curves(cells: list[dict], title: str, path: Path) -> bool:
-    """Cosine between each method's update direction and the exact BPTT gradient, over training."""
+def alignment_curves(cells: list[dict], title: str, path: Path, *,
+                     expected: dict[str, float] | None = None, note: str = "") -> bool:
+    """Cosine between each method's update direction and the exact BPTT gradient, over training.
+
+    ``expected``: per method, the cosine its estimator is expected to have (fwdgrad's ≈ √(K/P)),
+    drawn as a dashed line in the method's colour; ``note``: a line of text under the axes
+    (what a cosine near 0 means for a method that is not a gradient estimator).
+    """
     cells = [c for c in cells if any(p.get("cosine") is not None for p in c.get("alignment") or [])]
     if not cells:
         return False
-    fig, ax = plt.subplots(figsize=(7, 3.8), layout="constrained")
+    fig, ax = plt.subplots(figsize=(7, 4.3 if note else 3.8), layout="constrained")
+    for method, value in (expected or {}).items():
+        ax.axhline(value, color=method_color(method), linestyle="--", linewidth=1,
+                   label=f"{method} expected ≈ {value:.3f}")
     for cell in cells:
         points = [p for p in cell["alignment"] if p.get("cosine") is not None]
         x = [p["epoch"] for p in points]
@@ -171,6 +180,8 @@ def alignment_curves(cells: list[dict], title: str, path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     ax.set_title(_title(title, 75), fontsize=10)
+    if note:
+        fig.supxlabel(_title(note, 110), fontsize=8, color="#444")
     save(fig, path)
     return True
 

@@ -2,17 +2,23 @@
 
 Entries are named lazily ("module:Class" strings resolved on first use), so importing the package
 never imports ``baselines``. A new method is added here, not in the harness or the report.
+
+This module imports no torch: the command line checks a method, its options and its pairing with
+a model here before anything heavy is loaded (``make_learner`` loads the learner).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, IncompatibleError
-from .learner import Learner, LearnerConfig, build_options
+from .method_options import build_options
+from .names import METHOD_NAMES, METHODS
 
-from .names import METHOD_NAMES, METHODS  # noqa: E402 - the names live torch-free
+if TYPE_CHECKING:  # learner.py imports torch
+    from .learner import Learner, LearnerConfig
 
 _EPROP_CELLS = ("rnn", "lif", "lstm")
 #: (method, model) -> why the pair cannot run. Pairs not listed run (learners may still refuse a
@@ -42,10 +48,17 @@ def incompatibility(method: str, model: str) -> str | None:
     return INCOMPATIBLE.get((method, model))
 
 
+def check_pair(method: str, model: str) -> None:
+    """IncompatibleError naming why ``method`` cannot train ``model`` (nothing if it can)."""
+    reason = incompatibility(method, model)
+    if reason:
+        raise IncompatibleError(f"{method} cannot train {model}: {reason}")
+
+
 def make_learner(method: str, model, cfg: LearnerConfig | None = None, **options) -> Learner:
     """Build a learner by name for ``model``; ``options`` go to the method's ``Options``."""
+    from .learner import LearnerConfig
+
     cls = learner_class(method)
-    reason = incompatibility(method, getattr(model, "name", ""))
-    if reason:
-        raise IncompatibleError(f"{method} cannot train {model.name}: {reason}")
-    return cls(model, cfg or LearnerConfig(), build_options(cls, options))
+    check_pair(method, getattr(model, "name", ""))
+    return cls(model, cfg or LearnerConfig(), build_options(method, options, cls.Options))

@@ -17,6 +17,7 @@ import base64
 import csv
 import html
 import io
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,11 +107,27 @@ def _cell(c) -> Cell:
 # ============================================================================ analysis
 
 
+#: Task families whose name has two parts, ``archive:SET`` (options follow a second colon).
+ARCHIVE_PREFIXES = ("uea", "ucr")
+
+
+def task_name(spec: str) -> str:
+    """The task's name in a spec, without its options: ``cue_recall`` in
+    ``cue_recall:delay=3``, ``uea:JapaneseVowels`` in ``uea:JapaneseVowels:val_fraction=0.25``;
+    a ``file:PATH`` spec is its own name. (Parsed here, not by ``tasks``, so that rendering a
+    report imports no data code.)"""
+    head, _, rest = spec.partition(":")
+    if head in ARCHIVE_PREFIXES and rest:
+        return f"{head}:{rest.split(':', 1)[0]}"
+    return spec if head == "file" else head
+
+
 def task_labels(specs) -> dict[str, str]:
-    """Short names for task specs: the task's name (``cue_recall``) where no other spec of the
-    report has that name, else the whole spec. The settings table maps each label to its spec."""
+    """Short names for task specs: the task's name (``cue_recall``, ``uea:JapaneseVowels``)
+    where no other spec of the report has that name, else the whole spec. The settings table maps
+    each label to its spec."""
     specs = list(dict.fromkeys(specs))
-    names = [s.split(":", 1)[0] for s in specs]
+    names = [task_name(s) for s in specs]
     return {s: (n if names.count(n) == 1 else s) for s, n in zip(specs, names)}
 
 
@@ -123,34 +140,176 @@ def groups(cells: list[dict]) -> list[tuple[str, str, list[dict]]]:
     return [(labels[t], m, cs) for (t, m), cs in order.items()]
 
 
+def tuned(cell: dict) -> bool:
+    """False for a finished pair whose chosen learning rate is still at the edge of the rates it
+    tried after the widenings the preset allows (compare.CellSearch): its accuracy may be far
+    from its best, so it is never a winner and no claim is made against it."""
+    if "lr_tuned" in cell:
+        return cell["lr_tuned"] is not False
+    return not cell.get("lr_at_edge")  # results written before widening: an edge is not tuned
+
+
+def _finished(cells: list[dict]) -> list[dict]:
+    return sorted((c for c in cells if c["status"] == "ok"
+                   and c.get("test_accuracy_mean") is not None),
+                  key=lambda c: -c["test_accuracy_mean"])
+
+
 def winner(cells: list[dict]) -> dict:
-    """Best and runner-up by mean test accuracy, and whether the best is ahead by more than the
-    seed spread (non-overlapping mean ± std, at least two seeds each)."""
-    ok = sorted((c for c in cells if c["status"] == "ok" and c.get("test_accuracy_mean") is not None),
-                key=lambda c: -c["test_accuracy_mean"])
+    """Best and runner-up by mean test accuracy among the tuned pairs, and whether the best is
+    ahead by more than the seed spread (non-overlapping mean ± std, at least two seeds each).
+
+    A pair that is not tuned (``tuned``) is never the best; if one has a higher mean than the
+    best tuned pair, nothing is decided. A best that is at chance (``chance``) is not a winner.
+    """
+    done = _finished(cells)
+    ok = [c for c in done if tuned(c)]
+    untuned = [c for c in done if not tuned(c)]
     if not ok:
-        return {"best": None, "second": None, "decided": False, "why": "no method finished"}
+        why = ("no method finished" if not done else
+               "no finished method was tuned (each chose a learning rate at the edge of its "
+               "widened grid)")
+        return {"best": None, "second": None, "decided": False, "why": why}
+    best = ok[0]
+    above = [c for c in untuned if c["test_accuracy_mean"] >= best["test_accuracy_mean"]]
     if len(ok) == 1:
-        return {"best": ok[0], "second": None, "decided": False, "why": "only one method finished"}
-    best, second = ok[0], ok[1]
+        return {"best": best, "second": None, "decided": False, "why": "only one method finished"
+                if not untuned else "only one finished method was tuned"}
+    second = ok[1]
     if best.get("test_accuracy_std") is None or second.get("test_accuracy_std") is None:
         return {"best": best, "second": second, "decided": False,
                 "why": "fewer than two seeds: no spread to compare against"}
     gap = (best["test_accuracy_mean"] - best["test_accuracy_std"]) - \
           (second["test_accuracy_mean"] + second["test_accuracy_std"])
+    if gap > 0 and above:
+        return {"best": best, "second": second, "decided": False,
+                "why": f"{', '.join(c['method'] for c in above)} (not tuned) has a mean as high"}
+    if gap > 0 and chance(best)["at_chance"]:
+        return {"best": best, "second": second, "decided": False, "why": "the best is at chance"}
     return {"best": best, "second": second, "decided": gap > 0,
             "why": "" if gap > 0 else "within the seed spread"}
 
 
 def _clearly_below(cells: list[dict], best: dict | None) -> list[dict]:
-    """Finished methods whose mean + std lies under the best's mean − std (≥ 2 seeds each)."""
+    """Tuned finished methods whose mean + std lies under the best's mean − std (≥ 2 seeds
+    each). Pairs that were not tuned are left out: a claim against them would be about the
+    search, not the method."""
     if best is None or best.get("test_accuracy_std") is None:
         return []
     floor = best["test_accuracy_mean"] - best["test_accuracy_std"]
-    below = [c for c in cells if c is not best and c["status"] == "ok"
+    below = [c for c in cells if c is not best and c["status"] == "ok" and tuned(c)
              and c.get("test_accuracy_std") is not None
              and c["test_accuracy_mean"] + c["test_accuracy_std"] < floor]
     return sorted(below, key=lambda c: -c["test_accuracy_mean"])
+
+
+#: Where a run records neither its test split's size nor its class balance (runs made before
+#: task_stats.json existed), the margin around 1/classes used instead of a binomial one.
+FALLBACK_CHANCE_MARGIN = 0.02
+
+
+def chance(cell: dict) -> dict:
+    """Whether a finished pair is at chance: its mean test accuracy is no more than ``margin``
+    above the chance level.
+
+    Chance level: the share of the test split's most frequent class (what always answering that
+    class scores; 1/classes on a balanced split), else 1/classes. Margin: the larger of the seed
+    spread (std) and two binomial standard errors of the chance level over the labelled test
+    items, sqrt(p(1 − p)/n).
+    """
+    mean = cell.get("test_accuracy_mean")
+    classes = cell.get("num_classes")
+    if cell.get("status") != "ok" or mean is None or not classes:
+        return {"at_chance": False, "level": None, "margin": None, "basis": None}
+    level = cell.get("majority_fraction")
+    basis = "the most frequent test class's share"
+    if level is None:
+        level, basis = 1.0 / classes, f"1/{classes} classes"
+    elif abs(level - 1.0 / classes) < 1e-9:
+        basis = f"1/{classes} classes, a balanced test split"
+    n = cell.get("test_labels")
+    margins = [cell.get("test_accuracy_std") or 0.0]
+    if n:
+        margins.append(2.0 * math.sqrt(level * (1.0 - level) / n))
+    else:
+        margins.append(FALLBACK_CHANCE_MARGIN)
+    margin = max(margins)
+    return {"at_chance": mean <= level + margin, "level": level, "margin": margin,
+            "basis": basis, "test_labels": n}
+
+
+def _option(cell: dict, name: str, default=None):
+    return (cell.get("method_options") or {}).get(name, (cell.get("options") or {}).get(name,
+                                                                                       default))
+
+
+def expected_fwdgrad_cosine(cell: dict) -> tuple[float, int, int] | None:
+    """(expected cosine, K, P) of a forward gradient with K standard-Gaussian tangents over P
+    parameters with the true gradient: of order sqrt(K/P) for K ≪ P (the estimate keeps the
+    gradient's component along K random directions out of P; the rest is noise). A simulation
+    with random gradients gives 0.025 for P = 1000, K = 1 and 0.087 for K = 8 (sqrt(K/P): 0.032,
+    0.089)."""
+    k = _option(cell, "tangents")
+    p = (cell.get("cost") or {}).get("params")
+    if cell.get("method") != "fwdgrad" or not k or not p:
+        return None
+    return math.sqrt(k / p), int(k), int(p)
+
+
+def _last_cosine(cell: dict) -> float | None:
+    points = [p for p in cell.get("alignment") or [] if p.get("cosine") is not None]
+    return points[-1]["cosine"] if points else None
+
+
+#: A cosine with the BPTT gradient at or above this means the method's update points where
+#: BPTT's does: failing to learn is then not its approximation's fault.
+CLOSE_TO_BPTT = 0.9
+
+
+def chance_reason(cell: dict) -> str:
+    """The likely reason a pair is at chance, from what the method is and what the run measured."""
+    method = cell["method"]
+    steps = (cell.get("cost") or {}).get("steps")
+    measured = _last_cosine(cell)
+    seen = f"; measured cosine with the BPTT gradient {measured:.3f}" if measured is not None else ""
+    lr = cell.get("chosen_lr")
+    grid = ", ".join(lr_text(x) for x in cell.get("lr_candidates") or [])
+    if method != "bptt" and measured is not None and measured >= CLOSE_TO_BPTT:
+        return (f"its update is close to the BPTT gradient (cosine {measured:.3f}), so the "
+                f"method's approximation is not what failed: the budget or the learning rate "
+                f"(chosen {lr:g} of {{{grid}}}) did not suffice here — compare bptt's row")
+    if method == "fwdgrad":
+        exp = expected_fwdgrad_cosine(cell)
+        if exp:
+            cos, k, p = exp
+            return (f"a forward gradient from K = {k} random tangent(s) is unbiased but its "
+                    f"variance grows with the parameter count: over P = {p:,} parameters its "
+                    f"expected cosine with the true gradient is about √(K/P) ≈ {cos:.3f}{seen}, "
+                    f"so each update is mostly noise (more tangents, --tangents, or far more "
+                    f"updates would be needed)")
+        return "a forward gradient's variance grows with the parameter count" + seen
+    if method == "tbptt":
+        k = _option(cell, "k")
+        if k and steps and k < steps:
+            return (f"truncation at k = {k} of T = {steps} steps: no credit reaches an input "
+                    f"more than {k} steps before a loss{seen}")
+    if method == "eprop":
+        return ("e-prop keeps each unit's own eligibility trace and drops credit through the "
+                "recurrent weights of other units" + seen)
+    if method == "snap1":
+        return ("SnAp-1 keeps only the diagonal of the influence (a parameter's effect on its "
+                "own unit) and drops credit through other units" + seen)
+    if method == "sigprop":
+        one_step = ("; with traces off each layer's update is a one-step gradient, so nothing "
+                    "teaches a layer to keep information for a label that arrives many steps "
+                    "after its cue (see --traces)"
+                    if _option(cell, "traces") is False else "")
+        return ("sigprop learns from layer-local losses on the projected target, not from the "
+                "task loss's gradient" + (one_step or "; at these settings they did not give a "
+                                          "classifier") + seen)
+    return (f"no candidate learning rate learned at this budget (chosen {lr:g} of {{{grid}}}); "
+            f"more epochs or a larger model may be needed"
+            if lr is not None else "did not learn at this budget")
 
 
 def _ref(cells: list[dict]) -> dict | None:
@@ -178,7 +337,7 @@ def summary_sentences(results: dict) -> list[str]:
     tasks = list(dict.fromkeys(labels[c["task"]] for c in cells))
     models = sorted({c["model"] for c in cells})
     placements = sorted({c["loss_at"] for c in cells})
-    budget = len(cells[0]["lr_candidates"]) if cells else 0
+    budget = len(cells[0].get("lr_grid") or cells[0]["lr_candidates"]) if cells else 0
     seeds = preset["seeds"]
     counts = results.get("counts", {})
     out.append(
@@ -195,33 +354,32 @@ def summary_sentences(results: dict) -> list[str]:
         where = f"On {task} ({model})"
         best, second = w["best"], w["second"]
         if best is None:
-            out.append(f"{where}: no method finished.")
+            out.append(f"{where}: {w['why']}.")
         elif w["decided"]:
             out.append(
                 f"{where}: {best['method']} is ahead — {acc_text(best['test_accuracy_mean'], best['test_accuracy_std'])}% "
                 f"test accuracy vs {second['method']} {acc_text(second['test_accuracy_mean'], second['test_accuracy_std'])}%, "
                 f"more than the seed spread.")
         elif second is None:
-            out.append(f"{where}: only {best['method']} finished "
-                       f"({acc_text(best['test_accuracy_mean'], best['test_accuracy_std'])}%).")
+            out.append(f"{where}: {w['why']} — {best['method']} "
+                       f"{acc_text(best['test_accuracy_mean'], best['test_accuracy_std'])}%.")
         else:
             out.append(
                 f"{where}: no method is ahead by more than the seed spread"
-                f"{'' if w['why'] == 'within the seed spread' else ' (' + w['why'] + ')'}; highest means "
+                if w["why"] == "within the seed spread" else
+                f"{where}: no winner is named ({w['why']})")
+            out[-1] += (
+                f"; highest means "
                 f"{best['method']} {acc_text(best['test_accuracy_mean'], best['test_accuracy_std'])}% and "
                 f"{second['method']} {acc_text(second['test_accuracy_mean'], second['test_accuracy_std'])}%.")
-        below = [c for c in _clearly_below(group, best) if c is not second or not w["decided"]]
+        below = ([] if best is None or chance(best)["at_chance"] else
+                 [c for c in _clearly_below(group, best) if c is not second or not w["decided"]])
         if below:
             out[-1] += (f" Below {best['method']} by more than the seed spread: " + ", ".join(
                 f"{c['method']} {acc_text(c['test_accuracy_mean'], c['test_accuracy_std'])}%"
                 for c in below) + ".")
-    edge = [c for c in cells if c["status"] == "ok" and c.get("lr_at_edge")]
-    if edge:
-        out.append(f"{len(edge)} of {sum(c['status'] == 'ok' for c in cells)} finished pairs chose "
-                   f"a learning rate at the edge of their candidates (a wider search might change "
-                   f"their numbers): " + ", ".join(
-                       f"{m} {side} on {n} task(s)" for (m, side), n in _count(
-                           (c["method"], c["lr_at_edge"]) for c in edge).items()) + ".")
+    out.extend(_lr_search_sentences(cells, labels))
+    out.extend(_chance_sentences(cells, labels))
     na = [c for c in cells if c["status"] == "n/a"]
     if na:
         by_pair: dict = {}
@@ -263,6 +421,47 @@ def summary_sentences(results: dict) -> list[str]:
     return out
 
 
+def _lr_search_sentences(cells: list[dict], labels: dict) -> list[str]:
+    """What the learning-rate search did beyond its grid: widened pairs, and pairs left at the
+    edge ("not tuned": no winner is named from them and no claim is made against them)."""
+    done = [c for c in cells if c["status"] == "ok"]
+    widened = [c for c in done if c.get("lr_widened")]
+    untuned = [c for c in done if not tuned(c)]
+    out = []
+    if widened:
+        out.append(f"{len(widened)} of {len(done)} finished pairs chose a learning rate at the "
+                   f"edge of their grid and searched one grid step further, the same rule for "
+                   f"every method: " + "; ".join(
+                       f"{c['method']} on {labels[c['task']]} ({c['model']}) +"
+                       f"{', '.join(lr_text(x) for x in c['lr_widened'])} → {lr_text(c['chosen_lr'])}"
+                       for c in widened) + ".")
+    if untuned:
+        limit = max((c.get("lr_widen_limit") or 0) for c in untuned)
+        after = (f"after {limit} widening(s)" if limit else "(the preset allows no widening)")
+        out.append(f"Not tuned — the chosen learning rate is still at the edge of the rates "
+                   f"tried {after}, so these pairs are excluded from winners: " + ", ".join(
+                       f"{c['method']} on {labels[c['task']]} ({c['model']}, "
+                       f"{c['lr_at_edge']} {lr_text(c['chosen_lr'])})" for c in untuned) + ".")
+    return out
+
+
+def _chance_sentences(cells: list[dict], labels: dict) -> list[str]:
+    out = []
+    for task, model, group in groups(cells):
+        low = [c for c in group if chance(c)["at_chance"]]
+        if not low:
+            continue
+        done = [c for c in group if c["status"] == "ok"]
+        level = chance(low[0])
+        head = (f"On {task} ({model}) every finished method is at chance"
+                if len(low) == len(done) and len(done) > 1 else f"At chance on {task} ({model})")
+        out.append(f"{head} (chance level {pct(level['level'])}%, {level['basis']}; margin: seed "
+                   f"spread or two binomial standard errors): " + "; ".join(
+                       f"{c['method']} {acc_text(c['test_accuracy_mean'], c['test_accuracy_std'])}"
+                       f"% — {chance_reason(c)}" for c in low) + ".")
+    return out
+
+
 def _count(items) -> dict:
     counts: dict = {}
     for item in items:
@@ -296,12 +495,142 @@ def _scaling_sentences(rows: list[dict]) -> list[str]:
         at = [r for r in rows if r["steps"] == steps and r["method"] != "bptt"
               and r["status"] == "ok" and r.get("time_ratio_bptt") is not None]
         if at:
-            out.append(f"Time per step relative to BPTT at T = {steps} (bench, measured in one "
-                       f"go): " + ", ".join(f"{r['method']} {ratio(r['time_ratio_bptt'])}"
-                                            for r in at) + ".")
+            r0 = at[0]
+            out.append(f"Time per step relative to BPTT at T = {steps} (bench: {r0['model']} "
+                       f"hidden {r0['hidden']}, batch {r0['batch_size']}, {r0['threads']} "
+                       f"thread(s), {r0['device']}; measured in one go): " + ", ".join(
+                           f"{r['method']} {ratio(r['time_ratio_bptt'])}" for r in at) + ".")
     if stopped:
         out.append("Not measured in the bench: " + ", ".join(stopped) + ".")
     return out
+
+
+def _point(r: dict) -> str:
+    return f"T = {r['steps']}, hidden {r['hidden']}"
+
+
+def ratio_ranges(rows: list[dict]) -> list[str]:
+    """Per method, the lowest and highest time-per-step ratio to BPTT over every measured bench
+    point, each with the sizes it was measured at: a ratio holds at its sizes, not in general
+    (at small sizes per-step overheads dominate, at large ones the arithmetic)."""
+    out = []
+    ok = [r for r in rows if r["status"] == "ok" and r.get("time_ratio_bptt") not in (None, "")
+          and r["method"] != "bptt"]
+    for method in dict.fromkeys(r["method"] for r in ok):
+        mine = sorted((r for r in ok if r["method"] == method),
+                      key=lambda r: float(r["time_ratio_bptt"]))
+        low, high = mine[0], mine[-1]
+        if low is high:
+            out.append(f"{method} {ratio(float(low['time_ratio_bptt']))} at {_point(low)}")
+        else:
+            out.append(f"{method} from {ratio(float(low['time_ratio_bptt']))} ({_point(low)}) to "
+                       f"{ratio(float(high['time_ratio_bptt']))} ({_point(high)})")
+    return out
+
+
+def run_header(results: dict) -> str:
+    """This invocation's machine, parallelism and clock (never the preset's text)."""
+    env = results.get("environment") or {}
+    timing = results.get("timing") or {}
+    counts = results.get("counts") or {}
+    cpu = env.get("cpu_name") or env.get("device_name") or "unknown CPU"
+    cores = timing.get("usable_cores")
+    total = timing.get("cpu_count") or env.get("cpu_count")
+    machine = (f"{cpu}, {cores} usable of {total} logical cores" if cores and total and cores != total
+               else f"{cpu}, {total or '?'} logical cores")
+    gpu = next((r.get("device_name") for r in results.get("runs", [])
+                if str(r.get("device", "")).startswith("cuda")), None)
+    threads = timing.get("threads", env.get("threads"))
+    jobs = timing.get("jobs", counts.get("jobs", 1))
+    parts = [f"This run: {machine}" + (f", GPU {gpu}" if gpu else ""),
+             f"{threads} intra-op thread(s) per training, {jobs} training(s) at once"]
+    wall = timing.get("wall_seconds")
+    if wall is None:
+        parts.append("wall time not recorded (results written before this report recorded it)")
+    else:
+        bench = timing.get("bench_seconds")
+        runs = timing.get("runs_seconds")
+        parts.append(f"wall time {_duration(wall)}: {counts.get('runs', 0)} runs "
+                     f"({counts.get('trained', 0)} trained, {counts.get('cached', 0)} read back "
+                     f"from earlier)" + (f" in {_duration(runs)}" if runs is not None else "")
+                     + (f", then the bench in {_duration(bench)}" if bench and bench >= 1 else "")
+                     + " (report writing not included)")
+    load = [x for x in (timing.get("load_average_start"), timing.get("load_average_end")) if x]
+    if len(load) == 2:
+        parts.append(f"load average (1 min) {load[0][0]:g} at the start, {load[1][0]:g} at the end")
+    if timing.get("started"):
+        parts.append(f"started {timing['started']}")
+    return "; ".join(parts) + "."
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    m, s = divmod(seconds, 60)
+    return f"{m} min {s} s" if m else f"{s} s"
+
+
+def _load_note(results: dict) -> str:
+    """A warning when the machine was busier than its cores while this compare ran: the bench's
+    times then share the cores with other work."""
+    timing = results.get("timing") or {}
+    cores = timing.get("usable_cores")
+    loads = [x[0] for x in (timing.get("load_average_start"), timing.get("load_average_end")) if x]
+    if not cores or not loads or max(loads) <= cores:
+        return ""
+    return (f" The machine was busier than its {cores} usable core(s) during this compare (load "
+            f"average {', '.join(f'{x:g}' for x in loads)} at the start and end), so these times "
+            f"shared the cores with other work: read ratios between neighbouring points as noisy.")
+
+
+def measured_at(cells: list[dict]) -> list[str]:
+    """Per task × model, the sizes the cost table's ratios were measured at."""
+    out = []
+    for task, model, group in groups(cells):
+        ref = _ref(group) or next((c for c in group if c["status"] == "ok"), None)
+        if ref is None:
+            continue
+        size = ref.get("sizes") or {}
+        cost = ref.get("cost") or {}
+        out.append(f"{task} ({model}): hidden {size.get('hidden', '?')} × {size.get('layers', '?')} "
+                   f"layer(s), batch {size.get('batch_size', '?')}, T = {cost.get('steps', '?')}, "
+                   f"{size.get('threads', '?')} thread(s), {size.get('device', '?')}")
+    return out
+
+
+def alignment_notes(cells: list[dict]) -> list[str]:
+    """What each method's cosine with the BPTT gradient can and cannot mean, with this run's
+    numbers where there are any."""
+    methods = {c["method"] for c in cells if any(p.get("cosine") is not None
+                                                  for p in c.get("alignment") or [])}
+    notes = []
+    if "bptt" in methods:
+        notes.append("bptt against itself: the probe's check (1.000).")
+    if "rtrl" in methods:
+        notes.append("rtrl computes the same gradient forward in time: ≈ 1 up to rounding.")
+    approx = [m for m in ("tbptt", "snap1", "eprop") if m in methods]
+    if approx:
+        notes.append(f"{', '.join(approx)}: approximations of the gradient (truncated in time, or "
+                     f"dropping credit through other units); 1 − cosine measures what they leave "
+                     f"out.")
+    fwd = [c for c in cells if c["method"] == "fwdgrad" and expected_fwdgrad_cosine(c)]
+    if fwd:
+        cos, k, p = expected_fwdgrad_cosine(fwd[0])
+        notes.append(f"fwdgrad: unbiased but noisy — with K = {k} random tangent(s) over P = "
+                     f"{p:,} parameters its expected cosine is of order √(K/P) ≈ {cos:.3f}; a "
+                     f"cosine near that is the estimator working as designed.")
+    sig = [c for c in cells if c["method"] == "sigprop"]
+    if "sigprop" in methods:
+        values = [p["cosine"] for c in sig for p in c.get("alignment") or []
+                  if p.get("cosine") is not None]
+        seen = (f" (here from {min(values):.2f} to {max(values):.2f})" if values else "")
+        notes.append(f"sigprop is not a gradient estimator: each layer follows the gradient of its "
+                     f"own local loss on a projected target, not of the BPTT loss, so its update "
+                     f"need not align with the BPTT gradient. A cosine near 0 or below"
+                     f"{seen} is expected and says nothing about whether it learns — its accuracy "
+                     f"does.")
+    return notes
 
 
 # ============================================================================ sections
@@ -313,9 +642,8 @@ def accuracy_table(cells: list[dict]) -> Table:
         starts.append(len(rows))
         w = winner(group)
         for c in group:
-            lr = (f"{lr_text(c['chosen_lr'])} of {{{', '.join(lr_text(x) for x in c['lr_candidates'])}}}"
-                  if c.get("chosen_lr") is not None
-                  else f"– of {{{', '.join(lr_text(x) for x in c['lr_candidates'])}}}")
+            tried = ", ".join(lr_text(x) for x in sorted(c["lr_candidates"]))
+            lr = f"{lr_text(c['chosen_lr']) if c.get('chosen_lr') is not None else '–'} of {{{tried}}}"
             if c.get("lr_schedule") and c["lr_schedule"] != "constant":
                 lr += f", {c['lr_schedule']}"
             if c.get("weight_decay"):
@@ -327,8 +655,16 @@ def accuracy_table(cells: list[dict]) -> Table:
                 val = acc_text(c["val_accuracy_mean"], c["val_accuracy_std"])
                 seeds = f"{c['n_ok']}/{len(c['seeds'])}"
                 notes = [c["reason"]] if c.get("reason") else []
-                if c.get("lr_at_edge"):
-                    notes.append(f"chosen lr is the {c['lr_at_edge']} candidate")
+                level = chance(c)
+                if level["at_chance"]:
+                    test.text += " (at chance)"
+                    notes.append(f"at chance (level {pct(level['level'])}%, margin "
+                                 f"{pct(level['margin'])}): {chance_reason(c)}")
+                if c.get("lr_widened"):
+                    notes.append("grid widened by " + ", ".join(lr_text(x) for x in c["lr_widened"]))
+                if not tuned(c):
+                    notes.append(f"not tuned: the chosen lr is still the {c['lr_at_edge']} "
+                                 f"candidate; excluded from winners")
                 note = "; ".join(notes)
             elif c["status"] == "n/a":
                 test = Cell(f"n/a — {c['reason']}", muted=True)
@@ -341,7 +677,12 @@ def accuracy_table(cells: list[dict]) -> Table:
                   "val accuracy %", "seeds ok", "note"], rows,
                  "Test accuracy at the epoch of best validation accuracy, mean ± std over seeds "
                  "(sample std). ★ = ahead of the next method by more than the seed spread "
-                 "(the two mean ± std intervals do not overlap; needs ≥ 2 seeds each). The lr column "
+                 "(the two mean ± std intervals do not overlap; needs ≥ 2 seeds each; never a pair "
+                 "that is not tuned or is at chance). At chance: the mean is within the seed "
+                 "spread or two binomial standard errors of the most frequent test class's share. "
+                 "An lr chosen at the edge of the rates tried adds one more candidate a grid step "
+                 "beyond it (a bounded number of times); a pair still at the edge is not tuned. "
+                 "The lr column lists every candidate tried and "
                  "adds a method's lr schedule and weight decay where they are not constant and 0.",
                  tuple(starts))
 
@@ -394,7 +735,9 @@ def bench_tables(rows: list[dict]) -> list[Table]:
                 if r is None:
                     line.append("–")
                 elif r["status"] == "ok":
-                    line.append(f"{ms(r.get('time_per_step_ms'))} ms · "
+                    rel = r.get("time_ratio_bptt")
+                    rel = "" if rel in (None, "") or method == "bptt" else f" ({ratio(float(rel))})"
+                    line.append(f"{ms(r.get('time_per_step_ms'))} ms{rel} · "
                                 f"{human_bytes(r.get('training_memory_bytes'))} · "
                                 f"{si(r.get('flops_per_step'))}")
                 else:
@@ -404,7 +747,8 @@ def bench_tables(rows: list[dict]) -> list[Table]:
         fixed = mine[0]
         other = (f"hidden {fixed['hidden']}" if sweep == "length" else f"T = {fixed['steps']}")
         tables.append(Table(["method"] + [f"{label} = {s}" for s in sizes], body,
-                            f"Per point: time per step · training memory · FLOPs per step "
+                            f"Per point: time per step (× BPTT's at the same point) · "
+                            f"training memory · FLOPs per step "
                             f"({fixed['model']}, {other}, batch {fixed['batch_size']}, "
                             f"{fixed['device']}, {fixed['threads']} thread(s)). Reasons for the "
                             f"unmeasured points: below."))
@@ -498,6 +842,9 @@ def environment_table(results: dict) -> Table:
             ["torch / torchaudio", f"{env.get('torch_version')} / {env.get('torchaudio_version')}"],
             ["python", f"{env.get('python_version')} on {env.get('platform')}"],
             ["CPUs / intra-op threads", f"{env.get('cpu_count')} / {env.get('threads')}"],
+            ["trainings at once (--jobs)", str((results.get("timing") or {}).get(
+                "jobs", (results.get("counts") or {}).get("jobs", 1)))],
+            ["wall time", _duration((results.get("timing") or {}).get("wall_seconds"))],
             ["git commit", (env.get("git_commit") or "unknown (not a git checkout or no commit)")
              + (" (with uncommitted changes)" if env.get("git_dirty") else "")],
             ["date (UTC)", env.get("date", "–")]]
@@ -526,9 +873,17 @@ def make_figures(results: dict, out: Path) -> dict[str, list[Figure]]:
                                                 f"the label (test split, model after the last "
                                                 f"epoch, mean ± std over seeds)."))
         name = f"plots/alignment_{slug}.png"
+        expected = {c["method"]: expected_fwdgrad_cosine(c)[0] for c in group
+                    if expected_fwdgrad_cosine(c)}
+        note = ("sigprop is not a gradient estimator: its layers follow local losses, not the "
+                "BPTT loss, so a cosine near 0 is expected." if any(
+                    c["method"] == "sigprop" and c.get("alignment") for c in group) else "")
         if plots.alignment_curves(group, f"{task} — {model}: alignment with the BPTT gradient",
-                                  out / name):
-            figs["alignment"].append(Figure(name, f"Gradient alignment on {task} ({model})."))
+                                  out / name, expected=expected, note=note):
+            figs["alignment"].append(Figure(name, f"Gradient alignment on {task} ({model}): "
+                                                  f"cosine with the exact BPTT gradient over "
+                                                  f"training; see the notes above for what each "
+                                                  f"method's value can mean."))
     rows = (results.get("bench") or {}).get("rows") or []
     if rows:
         r0 = rows[0]
@@ -550,8 +905,9 @@ def build_document(results: dict, figs: dict) -> list:
     preset = results["preset"]
     cells = results["cells"]
     doc: list = [("h1", f"temporal_sigprop comparison — preset “{preset['name']}”")]
+    doc.append(("p", run_header(results)))
     if preset.get("description"):
-        doc.append(("p", preset["description"]))
+        doc.append(("p", f"Preset “{preset['name']}”: {preset['description']}"))
     doc.append(("h2", "Summary"))
     doc.append(("ul", results["summary"]))
     doc.append(("p", "Reproduce with:"))
@@ -578,7 +934,8 @@ def build_document(results: dict, figs: dict) -> list:
     doc.append(("p", f"Times come from the training runs, executed {how} on one machine; with "
                      f"other processes running they are noisy — the scaling section measures all "
                      f"methods at the same points in one go. Absolute times mean something only "
-                     f"on a named, otherwise idle device."))
+                     f"on a named, otherwise idle device. The × bptt ratios hold at the sizes they "
+                     f"were measured at, which are: " + "; ".join(measured_at(cells)) + "."))
 
     doc.append(("h2", "Scaling"))
     bench = results.get("bench") or {}
@@ -587,6 +944,12 @@ def build_document(results: dict, figs: dict) -> list:
         doc.append(("p", f"From tsp bench ({bench.get('source')}): one training batch of random "
                          f"data per point, every method on the same model; a point that cannot "
                          f"be measured is marked, not dropped."))
+        ranges = ratio_ranges(rows)
+        if ranges:
+            doc.append(("p", "Time per step relative to BPTT over the bench's points (each ratio "
+                             "holds at its own sizes; per-step overheads weigh most at small "
+                             "widths and batches): " + "; ".join(ranges) + "."
+                        + _load_note(results)))
         doc.extend(("figure", f) for f in figs["scaling"])
         doc.extend(bench_tables(rows))
         failures = bench_failures(rows)
@@ -601,6 +964,8 @@ def build_document(results: dict, figs: dict) -> list:
     if table is None:
         doc.append(("p", "Not measured (the preset's alignment is off)."))
     else:
+        doc.append(("p", "How to read the cosines:"))
+        doc.append(("ul", alignment_notes(cells)))
         doc.extend(("figure", f) for f in figs["alignment"])
         doc.append(table)
 
@@ -773,6 +1138,11 @@ def console_summary(results: dict, out) -> str:
         for c in group:
             text = (acc_text(c.get("test_accuracy_mean"), c.get("test_accuracy_std")) + " %"
                     if c["status"] == "ok" else f"{c['status']} — {c['reason']}")
+            if c["status"] == "ok":
+                flags = (["at chance"] if chance(c)["at_chance"] else []) + (
+                    [f"not tuned (lr {lr_text(c['chosen_lr'])} at the {c['lr_at_edge']} edge)"]
+                    if not tuned(c) else [])
+                text += f"  [{'; '.join(flags)}]" if flags else ""
             lines.append(f"  {task:<16} {model:<8} {c['method']:<8} {text}")
     lines += ["", f"report: {out / 'report.html'} (and report.md, results.csv, results.json)"]
     return "\n".join(lines)

@@ -76,7 +76,9 @@ def test_smoke_writes_every_file_and_the_tables_have_every_pair(smoke):
             assert row[test_col].startswith("n/a — ") and len(row[test_col]) > 10, row
         else:
             assert cell["status"] == "ok", cell.get("reason")
-            assert row[test_col].split(" ★")[0].strip("*") == report.acc_text(
+            shown = row[test_col].strip("*")
+            assert shown.endswith(" (at chance)") == report.chance(cell)["at_chance"], shown
+            assert shown.split(" ★")[0].removesuffix(" (at chance)") == report.acc_text(
                 cell["test_accuracy_mean"], cell["test_accuracy_std"])
     # the incompatible pair is there with its reason, in the report and in the CSV
     eprop = [c for c in results["cells"] if c["method"] == "eprop"]
@@ -93,6 +95,13 @@ def test_smoke_writes_every_file_and_the_tables_have_every_pair(smoke):
     for section in ("## Summary", "## Accuracy", "## Learning curves", "## Cost", "## Scaling",
                     "## Gradient alignment", "## Environment", "tsp compare --preset"):
         assert section in md, section
+    # the header describes this run (machine, threads, jobs, wall time), before any preset text
+    header = md.split("## Summary")[0]
+    assert "This run: " in header and "1 intra-op thread(s)" in header
+    assert "1 training(s) at once" in header and "wall time " in header
+    assert header.index("This run: ") < header.index("Preset “smoke”")
+    timing = results["timing"]
+    assert timing["jobs"] == 1 and timing["wall_seconds"] > 0 and timing["usable_cores"] >= 1
     cost_header, cost_rows = _md_table(md, "| task | model | method | ms / step")
     assert {"training memory", "FLOPs / step", "spike rate"} <= set(cost_header)
     assert len(cost_rows) == len(pairs)
@@ -130,21 +139,30 @@ def test_summary_numbers_match_results_json(smoke):
         assert len(seeds) == c["n_ok"] == len(c["seeds"])
         assert math.isclose(statistics.fmean(seeds), c["test_accuracy_mean"])
         assert math.isclose(statistics.stdev(seeds), c["test_accuracy_std"])
-        assert f"{len(c['lr_candidates'])} candidate(s)" in summary
+        assert f"{len(c['lr_grid'])} candidate(s)" in summary
 
 
 def test_same_search_budget_and_choice_on_validation(smoke):
     _, _, results = smoke
-    budgets = {len(c["lr_candidates"]) for c in results["cells"]}
+    budgets = {len(c["lr_grid"]) for c in results["cells"]}
     assert len(budgets) == 1
+    limit = results["preset"]["lr_search"]["widen"]
     for c in results["cells"]:
         if c["status"] != "ok":
             continue
         search = c["lr_search"]
-        assert [s["lr"] for s in search] == c["lr_candidates"]
+        # the grid, then at most `widen` candidates beyond its edge, all tried with the first seed
+        assert [s["lr"] for s in search] == c["lr_candidates"] == c["lr_grid"] + c["lr_widened"]
+        assert len(c["lr_widened"]) <= limit
         best = max(s["val_accuracy"] for s in search if s["status"] == "ok")
         chosen = next(s for s in search if s["lr"] == c["chosen_lr"])
         assert chosen["val_accuracy"] == best
+        # a pair is "not tuned" exactly when its choice is still at the edge of what it tried
+        tried = c["lr_candidates"]
+        at_edge = c["chosen_lr"] in (min(tried), max(tried))
+        assert c["lr_tuned"] is not at_edge
+        if not c["lr_tuned"]:
+            assert len(c["lr_widened"]) == limit
     placements = {c["loss_at"] for c in results["cells"]}
     assert len(placements) == 1
 
@@ -206,6 +224,7 @@ def test_diverged_and_refused_pairs_are_reported_not_dropped(tmp_path, monkeypat
     preset = _tiny_preset(["bptt", "tbptt"], {"default": [0.5, 0.01]})
     preset["tasks"] = [TINY_TASK, {"spec": TINY_TASK.replace("delay=3", "delay=4")}]
     preset["lr_search"]["lrs"]["bptt"] = [0.5, 0.01]
+    preset["lr_search"]["widen"] = 0  # this test is about divergence, not the grid's edge
     results = compare.run_compare(preset, tmp_path, progress=False, echo=None)
     cells = {(c["task"], c["method"]): c for c in results["cells"]}
     ok = cells[(TINY_TASK, "bptt")]
@@ -304,3 +323,19 @@ def test_winner_needs_more_than_the_seed_spread():
     assert not report.winner([cell("a", 0.9, None), cell("b", 0.5, None)])["decided"]
     w = report.winner([cell("a", 0.7, 0.0), {"method": "c", "status": "n/a"}])
     assert w["best"]["method"] == "a" and not w["decided"]
+
+
+def test_quick_preset_has_real_data_an_eprop_model_and_no_stale_timings():
+    from temporal_sigprop.registry import incompatibility
+
+    preset = compare.load_preset("quick")
+    specs = [t["spec"] for t in preset["tasks"]]
+    assert any(s.startswith(("uea:", "ucr:")) for s in specs), specs  # a real archive set
+    assert "cue_recall:delay=30,n_train=1000,n_test=500" not in specs  # the saturated one
+    eprop_pairs = [(t["spec"], m) for t in preset["tasks"] for m in t["models"]
+                   if not incompatibility("eprop", m) and "eprop" not in t["skip"]]
+    assert eprop_pairs and "eprop" in preset["methods"]
+    assert preset["lr_search"]["widen"] >= 1
+    # the description states no timings (this run's own wall time is in the report's header)
+    assert not re.search(r"\d\s*(min|minutes|s|seconds|h)\b", preset["description"]), \
+        preset["description"]

@@ -253,6 +253,10 @@ BAD_TRAIN_FLAGS = [
     (["--method", "sigprop", "--temperature", "nan"], "--temperature"),
     (["--method", "sigprop", "--projection-scale", "nan"], "--projection-scale"),
     (["--method", "eprop"], "e-prop"),
+    (["--method", "sigprop", "--temperature", "0"], "--temperature"),
+    (["--method", "sigprop", "--projection-scale", "0"], "--projection-scale"),
+    (["--method", "tbptt", "--k", "0"], "--k"),
+    (["--data-dir", " "], "--data-dir"),
 ]
 
 
@@ -261,6 +265,11 @@ def test_bad_flag_values_exit_2(flags, word, tmp_path, capsys):
     code, err = _exit_code(["train", *TINY, *flags, "--out", str(tmp_path / "o")], capsys)
     _assert_clean_refusal(code, err, word)
     assert not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_empty_out_is_refused_not_a_silent_run_that_writes_nothing(capsys):
+    code, err = _exit_code(["train", *TINY, "--out", ""], capsys)
+    _assert_clean_refusal(code, err, "--out")
 
 
 @pytest.mark.parametrize("where", ["a file", "/dev/null", "/proc", "over-long"])

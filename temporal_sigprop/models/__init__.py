@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import difflib
 import importlib
-import inspect
 import math
 
 from ..errors import ConfigError
 from ..names import MODEL_NAMES as _NAMES
-from ..validation import check_value
+from ..model_options import MODEL_OPTIONS, check_model_options, model_option_specs  # noqa: F401 - re-exported
 from .cells import CELLS, Cell, HiddenState, LIFState, LSTMState, NoState
 from .stack import SequenceModel
 
@@ -36,42 +35,6 @@ def build_cell_stack(name: str, input_shape, hidden: int, layers: int, num_class
         cells.append(cell_cls(size, hidden, **cell_options))
         size = hidden
     return SequenceModel(name, input_shape, cells, num_classes)
-
-
-def model_option_specs(name: str) -> dict[str, tuple[type, object, object]]:
-    """``--model-options`` a model takes: key -> (type, default, Rule or None), read from its
-    cell's (or builder's) keyword-only parameters and its declared ``option_rules``."""
-    if name == "convgru":
-        from .conv import CONVGRU_OPTION_RULES, build_convgru
-        target, rules = build_convgru, CONVGRU_OPTION_RULES
-    else:
-        target, rules = CELLS[name].__init__, getattr(CELLS[name], "option_rules", {})
-    specs = {}
-    for param in inspect.signature(target).parameters.values():
-        if param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is not param.empty:
-            specs[param.name] = (type(param.default), param.default, rules.get(param.name))
-    return specs
-
-
-def check_model_options(name: str, options: dict) -> dict:
-    """The options converted and checked (exit 2 naming the key and what it accepts)."""
-    if name not in MODEL_BUILDERS:
-        close = difflib.get_close_matches(str(name), MODEL_NAMES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"unknown model {name!r}{hint}; choose one of: {', '.join(MODEL_NAMES)}")
-    specs = model_option_specs(name)
-    listed = ", ".join(f"{k} (default {d!r})" for k, (_, d, _) in specs.items()) or "none"
-    checked_options = {}
-    for key, value in options.items():
-        if key not in specs:
-            close = difflib.get_close_matches(str(key), list(specs), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"model {name!r} has no option {key!r}{hint} (--hidden, --layers "
-                              f"and the task set the sizes); its options are: {listed}")
-        kind, _, rule = specs[key]
-        checked_options[key] = check_value(key, value, kind, rule,
-                                           label=f"--model-options {key}")
-    return checked_options
 
 
 def make_model(name: str, input_shape, hidden: int = 128, layers: int = 1, num_classes: int = 10,

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..validation import Rule
+from ..model_options import option_rules
 
 from .estimators import sign_ste, spike
 
@@ -171,9 +171,8 @@ class LIFCell(Cell):
     """
 
     state_type = LIFState
-    #: What each ``--model-options`` key accepts (validation.py): a leak needs τ > 0, and the
-    #: surrogate's slope must be positive for the gradient to point the right way.
-    option_rules = {"tau_mem": Rule(gt=0), "threshold": Rule(gt=0), "surrogate_slope": Rule(gt=0)}
+    #: What each ``--model-options`` key accepts, declared torch-free in model_options.py.
+    option_rules = option_rules("lif")
 
     def __init__(self, input_size: int, hidden_size: int, *, tau_mem: float = 10.0,
                  threshold: float = 1.0, surrogate_slope: float = 5.0, recurrent: bool = True):

@@ -51,7 +51,7 @@ from einops import rearrange
 from torch import nn
 
 from ..errors import ConfigError
-from ..validation import Rule
+from ..model_options import option_rules
 from .cells import Cell, HiddenState
 from .stack import SequenceModel
 
@@ -185,9 +185,8 @@ class GlobalPoolLinear(nn.Linear):
         return super().forward(h)
 
 
-#: What each ``--model-options`` key of convgru accepts (validation.py).
-CONVGRU_OPTION_RULES = {"kernel_size": Rule(ge=1, le=31), "downsample": Rule(ge=1, le=64),
-                        "stem_channels": Rule(ge=0, le=4096)}
+#: What each ``--model-options`` key of convgru accepts, declared torch-free in model_options.py.
+CONVGRU_OPTION_RULES = option_rules("convgru")
 
 
 def build_convgru(name: str, input_shape, hidden: int, layers: int, num_classes: int, *,
