@@ -133,12 +133,18 @@ def run_bench(cfg: BenchConfig, out: str | os.PathLike | None = None, progress: 
     points = list(_sweep_points(cfg))
     rows: list[dict] = []
     bar = tqdm(total=len(points) * len(cfg.methods), desc="bench", disable=None if progress else True)
-    for method in cfg.methods:
-        reason = incompatibility(method, cfg.model)
-        blocked: dict[str, tuple[str, str]] = {}        # sweep -> (status, reason) once it fails
-        time_hist: dict[str, list] = {"length": [], "hidden": []}
-        mem_hist: dict[str, list] = {"length": [], "hidden": []}
-        for sweep, steps, hidden in points:
+    # Points outer, methods inner: every method is measured at a point before the next point,
+    # so a change of machine load between the two hurts the ratios at most one point, not a
+    # whole method's block. Rows are put back in method order at the end.
+    state = {method: dict(reason=incompatibility(method, cfg.model),
+                          blocked={},  # sweep -> (status, reason) once it fails
+                          time_hist={"length": [], "hidden": []},
+                          mem_hist={"length": [], "hidden": []})
+             for method in cfg.methods}
+    for sweep, steps, hidden in points:
+        for method in cfg.methods:
+            reason, blocked = state[method]["reason"], state[method]["blocked"]
+            time_hist, mem_hist = state[method]["time_hist"], state[method]["mem_hist"]
             size = steps if sweep == "length" else hidden
             base = {"sweep": sweep, "model": cfg.model, "method": method, "steps": steps,
                     "hidden": hidden, "layers": cfg.layers, "batch_size": cfg.batch_size,
@@ -183,6 +189,8 @@ def run_bench(cfg: BenchConfig, out: str | os.PathLike | None = None, progress: 
             rows.append({**dict.fromkeys(BENCH_COLUMNS), **base, **row})  # every column, always
             bar.update()
     bar.close()
+    order = {method: i for i, method in enumerate(cfg.methods)}
+    rows.sort(key=lambda r: order[r["method"]])  # stable: points stay in sweep order
     add_ratios(rows)
     if out is not None:
         write_bench(rows, cfg, out)

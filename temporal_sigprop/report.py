@@ -614,12 +614,20 @@ def alignment_notes(cells: list[dict]) -> list[str]:
         notes.append(f"{', '.join(approx)}: approximations of the gradient (truncated in time, or "
                      f"dropping credit through other units); 1 − cosine measures what they leave "
                      f"out.")
-    fwd = [c for c in cells if c["method"] == "fwdgrad" and expected_fwdgrad_cosine(c)]
+    fwd = sorted((expected_fwdgrad_cosine(c) for c in cells
+                  if c["method"] == "fwdgrad" and expected_fwdgrad_cosine(c)), key=lambda e: e[2])
     if fwd:
-        cos, k, p = expected_fwdgrad_cosine(fwd[0])
-        notes.append(f"fwdgrad: unbiased but noisy — with K = {k} random tangent(s) over P = "
-                     f"{p:,} parameters its expected cosine is of order √(K/P) ≈ {cos:.3f}; a "
-                     f"cosine near that is the estimator working as designed.")
+        ks = sorted({k for _, k, _ in fwd})
+        k_text = ", ".join(map(str, ks))
+        if len(fwd) == 1 or fwd[0][2] == fwd[-1][2]:
+            cos, _, p = fwd[0]
+            where = f"P = {p:,} parameters its expected cosine is of order √(K/P) ≈ {cos:.3f}"
+        else:
+            where = (f"P = {fwd[0][2]:,} to {fwd[-1][2]:,} parameters (by task and model) its "
+                     f"expected cosine is of order √(K/P) ≈ {fwd[-1][0]:.3f} to {fwd[0][0]:.3f}")
+        notes.append(f"fwdgrad: unbiased but noisy — with K = {k_text} random tangent(s) over "
+                     f"{where}; a cosine near that is the estimator working as designed (the "
+                     f"dashed line in its colour).")
     sig = [c for c in cells if c["method"] == "sigprop"]
     if "sigprop" in methods:
         values = [p["cosine"] for c in sig for p in c.get("alignment") or []
