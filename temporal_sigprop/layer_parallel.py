@@ -56,7 +56,7 @@ from . import sigprop_losses as SL
 from .errors import ConfigError
 from .learner import Learner, tensor_bytes
 from .losses import step_targets
-from .merged_adam import STATE_MISSING, MergedAdamStep
+from .merged_adam import STATE_MISSING, MergedAdamStep, step_each
 from .sigprop import SigProp, StepLoss
 
 #: messages kept in flight before the oldest is waited for (bounds the memory of queued rows)
@@ -156,12 +156,7 @@ class LayerParallelSigProp(Learner):
             for p in plan.params:
                 p.grad = None
         else:
-            for key in self.keys:
-                opt = optimizers[key]
-                if all(p.grad is None for g in opt.param_groups for p in g["params"]):
-                    continue
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            step_each(optimizers[key] for key in self.keys)
             if self._merged_why == STATE_MISSING:  # torch has just created it
                 self._plan_update()
         learner.update_count += 1

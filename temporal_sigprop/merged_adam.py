@@ -156,6 +156,20 @@ class MergedAdamStep:
                        steps, **seg.settings)
 
 
+def step_each(optimizers) -> None:
+    """Step and clear each optimizer in turn (the path when one merged step does not apply).
+
+    An optimizer whose parameters got no gradient (the readout's, on the steps its loss does not
+    score: 39 of 40 for --loss-at last) would skip them anyway; not calling it is the same update
+    without its Python overhead.
+    """
+    for opt in optimizers:
+        if all(p.grad is None for g in opt.param_groups for p in g["params"]):
+            continue
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
 def _contiguous(grads: list) -> list:
     """The fused kernels read raw memory: a gradient laid out unlike its (contiguous) parameter
     is made contiguous first, as ``.grad`` accumulation would have."""
@@ -186,4 +200,4 @@ def _packed_steps(states: list[dict]) -> torch.Tensor | None:
     return packed
 
 
-__all__ = ["MergedAdamStep", "STATE_MISSING"]
+__all__ = ["MergedAdamStep", "STATE_MISSING", "step_each"]

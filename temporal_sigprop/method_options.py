@@ -32,7 +32,7 @@ class _Checked:
 
 # ---------------------------------------------------------------------------------- sigprop
 
-#: Values of sigprop's choice options (``sigprop._CHOICES`` checks the same; a test keeps them
+#: Values of sigprop's choice options (``sigprop._CHOICES`` is this same table; a test keeps them
 #: in step).
 SIGPROP_CHOICES = {
     "target_rows": ("class", "sample"),

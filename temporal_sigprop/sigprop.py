@@ -95,27 +95,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
-from .method_options import SigPropOptions  # noqa: F401 - declared torch-free there; re-exported
+from .method_options import SIGPROP_CHOICES, SigPropOptions  # noqa: F401 - declared torch-free there
 from .learner import Learner, tensor_bytes
 from .losses import step_targets
 from .models.cells import ElmanCell, GRUCell, LIFCell, LSTMCell
 from . import sigprop_losses as SL
-from .merged_adam import STATE_MISSING, MergedAdamStep
+from .merged_adam import STATE_MISSING, MergedAdamStep, step_each
 from . import sigprop_closed_form as CF
 
 
 Options = SigPropOptions
 
-_CHOICES = {
-    "target_rows": ("class", "sample"),
-    "loss": ("ce", "l2", "cosine"),
-    "projection": ("learned", "fixed"),
-    "schedule": ("every_step", "every_k", "sequence"),
-    "prediction": ("readout", "nearest"),
-    "spike_mode": ("voltage", "surrogate"),
-    "local_steps": ("every", "placement"),
-    "step_weight": ("uniform", "linear"),
-}
+_CHOICES = SIGPROP_CHOICES  # one declaration, beside the options
 
 #: differentiable state components carried by the temporal traces (never a spike or a sign).
 _TRACED_FIELDS = {ElmanCell: ("h",), GRUCell: ("h",), LSTMCell: ("h", "c"), LIFCell: ("v",)}
@@ -434,14 +425,7 @@ class SigProp(Learner):
             for p in plan.params:
                 p.grad = None
         else:
-            for opt in self._optimizers.values():
-                # An optimizer whose parameters got no gradient (the readout's, on the steps its
-                # loss does not score: 39 of 40 for --loss-at last) would skip them anyway; not
-                # calling it is the same update without its Python overhead.
-                if all(p.grad is None for g in opt.param_groups for p in g["params"]):
-                    continue
-                opt.step()
-                opt.zero_grad(set_to_none=True)
+            step_each(self._optimizers.values())
             if self._merged_why == STATE_MISSING:  # torch has just created it
                 self._plan_update()
         self.update_count += 1
