@@ -20,6 +20,7 @@ import torch
 
 from temporal_sigprop import LearnerConfig, get_task, make_learner, make_model
 from temporal_sigprop.errors import IncompatibleError
+from temporal_sigprop.names import LOSS_PLACEMENTS
 
 
 def agreement(reference: dict, other: dict) -> tuple[float, float]:
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
                         help="methods compared with BPTT")
     parser.add_argument("--hidden", type=int, default=32, help="hidden units per layer")
     parser.add_argument("--layers", type=int, nargs="+", default=[1, 2], help="depths to try")
-    parser.add_argument("--loss-at", default="last", choices=["last", "every"],
+    parser.add_argument("--loss-at", default="last", choices=LOSS_PLACEMENTS,
                         help="where the readout loss is taken")
     parser.add_argument("--batch", type=int, default=32, help="training sequences in the batch")
     parser.add_argument("--seed", type=int, default=0, help="seed of the task split and weights")
